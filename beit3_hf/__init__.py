@@ -1,0 +1,1 @@
+"""BEiT-3 for Hugging Face Transformers."""
