@@ -1,1 +1,57 @@
-"""BEiT-3 for Hugging Face Transformers."""
+"""BEiT-3 for Hugging Face Transformers.
+
+`import beit3_hf` registers the config, the backbone and every head with transformers' Auto classes, so
+`AutoModel.from_pretrained(local_dir)` and `pipeline(...)` work on converted checkpoints.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForImageTextToText,
+    AutoModelForVisualQuestionAnswering,
+    AutoModelForZeroShotImageClassification,
+)
+
+from .configuration_beit3 import BEIT3_PRESETS, BEiT3Config
+from .modeling_beit3 import (
+    BEiT3CaptioningOutput,
+    BEiT3ForCaptioning,
+    BEiT3ForImageClassification,
+    BEiT3ForImageTextRetrieval,
+    BEiT3ForVisualQuestionAnswering,
+    BEiT3ForVisualReasoning,
+    BEiT3ImageTextRetrievalOutput,
+    BEiT3Model,
+    BEiT3ModelOutput,
+    BEiT3Multiway,
+    BEiT3PreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register("beit3", BEiT3Config, exist_ok=True)
+for _auto_class, _model_class in (
+    (AutoModel, BEiT3Model),
+    (AutoModelForImageClassification, BEiT3ForImageClassification),
+    (AutoModelForVisualQuestionAnswering, BEiT3ForVisualQuestionAnswering),
+    (AutoModelForZeroShotImageClassification, BEiT3ForImageTextRetrieval),
+    (AutoModelForImageTextToText, BEiT3ForCaptioning),
+):
+    _auto_class.register(BEiT3Config, _model_class, exist_ok=True)
+
+__all__ = [
+    "BEIT3_PRESETS",
+    "BEiT3Config",
+    "BEiT3Model",
+    "BEiT3PreTrainedModel",
+    "BEiT3ForImageClassification",
+    "BEiT3ForVisualQuestionAnswering",
+    "BEiT3ForVisualReasoning",
+    "BEiT3ForImageTextRetrieval",
+    "BEiT3ForCaptioning",
+    "BEiT3ModelOutput",
+    "BEiT3ImageTextRetrievalOutput",
+    "BEiT3CaptioningOutput",
+    "BEiT3Multiway",
+]

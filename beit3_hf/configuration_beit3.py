@@ -1,0 +1,165 @@
+"""BEiT-3 configuration."""
+
+from transformers import PreTrainedConfig
+
+# Sizes of the released checkpoints (unilm `beit3/modeling_utils.py`) and of the paper's unreleased giant model.
+BEIT3_PRESETS = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    # Paper Table 2 (ViT-giant layout, patch 14), with the paper's Multiway layout: shared attention, V/L FFN
+    # experts in every block and a VL FFN expert in the top three. Never released.
+    "giant": dict(
+        hidden_size=1408,
+        num_hidden_layers=40,
+        num_attention_heads=16,
+        intermediate_size=6144,
+        patch_size=14,
+        multiway_attention=False,
+        num_vl_layers=3,
+    ),
+}
+
+class BEiT3Config(PreTrainedConfig):
+    r"""
+    Configuration of a BEiT-3 Multiway Transformer and its task heads.
+
+    Every block runs one softmax attention over the joint sequence `[image CLS, image patches, text tokens]`, while
+    projections, layer norms and feed-forward networks come from per-modality experts. The defaults describe the
+    released *base* checkpoints; `BEiT3Config.from_preset("large")` gives the large ones.
+
+    Args:
+        hidden_size (`int`, defaults to 768): width of the token representations.
+        num_hidden_layers (`int`, defaults to 12): number of Multiway blocks.
+        num_attention_heads (`int`, defaults to 12): attention heads; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 3072): hidden width of each feed-forward expert.
+        hidden_act (`str`, defaults to `"gelu"`): feed-forward activation (exact erf GELU in the release).
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout on embeddings and on each block's residual branches.
+        attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
+        activation_dropout (`float`, defaults to 0.0): dropout after the feed-forward activation.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth; layer `i` drops its branches with probability
+            `linspace(0, drop_path_rate, num_hidden_layers)[i]`, as in torchscale.
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
+        image_size (`int`, defaults to 224): input resolution (square); sets the size of the image position table.
+        patch_size (`int`, defaults to 16): side of the square patches.
+        num_channels (`int`, defaults to 3): image channels.
+        vocab_size (`int`, defaults to 64010): rows of the token embedding (the released tokenizer uses 64002 ids).
+        max_text_positions (`int`, defaults to 1022): longest text the model can embed. The release stores a
+            1024-row table whose first two rows are fairseq padding that is never read; the converter drops them.
+        use_final_layer_norm (`bool`, defaults to `True`): whether a final (Multiway) LayerNorm follows the last
+            block. The release calls this `normalize_output`; it is off for the ImageNet and VQA checkpoints.
+        initializer_range (`float`, defaults to 0.02): std of the truncated normal (cut at ±1 std, as in unilm)
+            used for linear layers.
+        multiway_attention (`bool`, defaults to `True`): whether the attention half of each block (its LayerNorm,
+            q/k/v/out projections and sub-LN) has an image and a text expert, as in the released "decoupled"
+            checkpoints. `False` shares it across modalities, as in the paper.
+        num_vl_layers (`int`, defaults to 0): how many top blocks also have a vision-language FFN expert, used for
+            every token of image-text input (the paper uses 3; the release has none). Image-only and text-only
+            input still use the image and text experts there.
+        logit_scale_init_value (`float`, defaults to ln(1/0.07)): initial `logit_scale` of the retrieval head.
+        pad_token_id / bos_token_id / eos_token_id / mask_token_id: XLM-R ids of the BEiT-3 tokenizer (1, 0, 2 and
+            64001; `mask_token_id` defaults to the last id when the vocabulary is smaller than the release's).
+    """
+
+    model_type = "beit3"
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        vocab_size: int = 64010,
+        max_text_positions: int = 1022,
+        use_final_layer_norm: bool = True,
+        initializer_range: float = 0.02,
+        multiway_attention: bool = True,
+        num_vl_layers: int = 0,
+        logit_scale_init_value: float = 2.6592600345611572,
+        pad_token_id: int = 1,
+        bos_token_id: int = 0,
+        eos_token_id: int = 2,
+        mask_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_eps = layer_norm_eps
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.vocab_size = vocab_size
+        self.max_text_positions = max_text_positions
+        self.use_final_layer_norm = use_final_layer_norm
+        self.initializer_range = initializer_range
+        self.multiway_attention = multiway_attention
+        self.num_vl_layers = num_vl_layers
+        self.logit_scale_init_value = logit_scale_init_value
+        if mask_token_id is None:  # the release's <mask> (64001) when it fits, else the last id
+            mask_token_id = 64001 if vocab_size > 64001 else vocab_size - 1
+        self.mask_token_id = mask_token_id
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+        self._validate()
+
+    def _validate(self):
+        positive = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
+                    "patch_size", "num_channels", "vocab_size", "max_text_positions")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})."
+            )
+        for name in ("hidden_dropout_prob", "attention_dropout", "activation_dropout", "drop_path_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps!r}.")
+        if not 0 <= self.num_vl_layers <= self.num_hidden_layers:
+            raise ValueError(
+                f"`num_vl_layers` must be between 0 and `num_hidden_layers` ({self.num_hidden_layers}), "
+                f"got {self.num_vl_layers!r}."
+            )
+        if not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(f"`mask_token_id` ({self.mask_token_id}) must be below `vocab_size` ({self.vocab_size}).")
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> "BEiT3Config":
+        """`BEiT3Config.from_preset("large", image_size=384)`: a named size (base, large, giant) plus overrides."""
+        if name not in BEIT3_PRESETS:
+            raise ValueError(f"Unknown BEiT-3 preset {name!r}; choose one of {sorted(BEIT3_PRESETS)}.")
+        return cls(**{**BEIT3_PRESETS[name], **kwargs})
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+__all__ = ["BEiT3Config", "BEIT3_PRESETS"]

@@ -1,0 +1,370 @@
+"""Convert an original BEiT-3 checkpoint (unilm / torchscale `.pth`) into a Hugging Face model directory.
+
+    python -m beit3_hf.convert beit3_base_patch16_480_vqa.pth ./beit3-base-vqa [--spm beit3.spm]
+    beit3-convert ORIGINAL.pth OUTPUT_DIR [--task vqa] [--num-attention-heads 12] [--push-to-hub user/repo]
+
+Everything is inferred from the tensors: depth, width, FFN size, patch and image size, vocabulary, labels, whether
+the final LayerNorm exists, and which head the checkpoint holds. Every key must find a place and every parameter
+must be filled, or the conversion stops with one message listing what is wrong.
+"""
+
+import argparse
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .configuration_beit3 import BEiT3Config
+from .modeling_beit3 import (
+    BEiT3ForCaptioning,
+    BEiT3ForImageClassification,
+    BEiT3ForImageTextRetrieval,
+    BEiT3ForVisualQuestionAnswering,
+    BEiT3ForVisualReasoning,
+    BEiT3Model,
+)
+
+# fairseq position tables start at row 2; rows 0 and 1 are never read, so the converter drops them
+FAIRSEQ_POSITION_OFFSET = 2
+
+TASK_CLASSES = {
+    "backbone": BEiT3Model,
+    "image_classification": BEiT3ForImageClassification,
+    "vqa": BEiT3ForVisualQuestionAnswering,
+    "visual_reasoning": BEiT3ForVisualReasoning,
+    "retrieval": BEiT3ForImageTextRetrieval,
+    "captioning": BEiT3ForCaptioning,
+}
+
+# A key that proves which head a checkpoint holds, checked in this order.
+TASK_SIGNATURES = (
+    ("vqa", "pooler.norm.weight"),
+    ("visual_reasoning", "head.dense1.weight"),
+    ("retrieval", "vision_head.weight"),
+    ("captioning", "mlm_head.weight"),
+    ("image_classification", "fc_norm.weight"),
+)
+
+EXPERTS = {"A": "image", "B": "text"}
+
+# fmt: off
+BACKBONE_KEY_MAPPING = {
+    r"^beit3\.text_embed\.weight$":                           r"beit3.embeddings.token_embedding.weight",
+    r"^beit3\.vision_embed\.proj\.(weight|bias)$":            r"beit3.embeddings.patch_embedding.\1",
+    r"^beit3\.vision_embed\.(cls_token|mask_token)$":         r"beit3.embeddings.\1",
+    r"^beit3\.encoder\.embed_positions\.A\.weight$":          r"beit3.embeddings.image_position_embedding.weight",
+    r"^beit3\.encoder\.embed_positions\.B\.weight$":          r"beit3.embeddings.text_position_embedding.weight",
+    r"^beit3\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.(A|B)\.(weight|bias)$":
+        r"beit3.encoder.layers.\1.layer_norm1.\2.\3",
+    r"^beit3\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj\.(A|B)\.(weight|bias)$":
+        r"beit3.encoder.layers.\1.self_attn.\2_proj.\3.\4",
+    r"^beit3\.encoder\.layers\.(\d+)\.self_attn\.inner_attn_ln\.(A|B)\.(weight|bias)$":
+        r"beit3.encoder.layers.\1.self_attn.sub_layer_norm.\2.\3",
+    r"^beit3\.encoder\.layers\.(\d+)\.final_layer_norm\.(A|B)\.(weight|bias)$":
+        r"beit3.encoder.layers.\1.layer_norm2.\2.\3",
+    r"^beit3\.encoder\.layers\.(\d+)\.ffn\.(A|B)\.(fc1|fc2)\.(weight|bias)$":
+        r"beit3.encoder.layers.\1.mlp.\2.\3.\4",
+    r"^beit3\.encoder\.layers\.(\d+)\.ffn\.(A|B)\.ffn_layernorm\.(weight|bias)$":
+        r"beit3.encoder.layers.\1.mlp.\2.sub_layer_norm.\3",
+    r"^beit3\.encoder\.layer_norm\.(A|B)\.(weight|bias)$":    r"beit3.final_layer_norm.\1.\2",
+}
+
+HEAD_KEY_MAPPING = {
+    "backbone": {},
+    "image_classification": {
+        r"^fc_norm\.(weight|bias)$":                   r"fc_norm.\1",
+        r"^head\.(weight|bias)$":                      r"classifier.\1",
+    },
+    "vqa": {
+        r"^pooler\.norm\.(weight|bias)$":              r"pooler.layer_norm.\1",
+        r"^pooler\.dense\.(weight|bias)$":             r"pooler.dense.\1",
+        r"^head\.0\.(weight|bias)$":                   r"classifier.dense1.\1",
+        r"^head\.1\.(weight|bias)$":                   r"classifier.norm2.\1",
+        r"^head\.3\.(weight|bias)$":                   r"classifier.dense2.\1",
+    },
+    "visual_reasoning": {
+        r"^head\.(norm1|dense1|norm2|dense2)\.(weight|bias)$": r"classifier.\1.\2",
+    },
+    "retrieval": {
+        r"^vision_head\.weight$":                      r"image_projection.weight",
+        r"^language_head\.weight$":                    r"text_projection.weight",
+        r"^logit_scale$":                              r"logit_scale",
+    },
+    "captioning": {
+        r"^mlm_head\.(weight|bias)$":                  r"lm_head.\1",
+    },
+}
+# fmt: on
+
+
+@dataclass(frozen=True)
+class ReleasedCheckpoint:
+    """One row of the released-weights table (unilm beit3 README)."""
+
+    task: str
+    size: str
+    image_size: int
+    result: str = ""
+
+
+def _released_checkpoints() -> dict[str, ReleasedCheckpoint]:
+    table = {}
+    for size in ("base", "large"):
+        for variant in ("", "_itc", "_indomain"):
+            table[f"beit3_{size}{variant}_patch16_224"] = ReleasedCheckpoint("backbone", size, 224, "pretrained")
+    rows = [
+        ("beit3_base_patch16_224_in1k", "image_classification", 224, "ImageNet-1k top-1 85.4"),
+        ("beit3_base_indomain_patch16_224_in1k", "image_classification", 224, "ImageNet-1k top-1 85.4"),
+        ("beit3_large_patch16_224_in1k", "image_classification", 224, "ImageNet-1k top-1 87.6"),
+        ("beit3_large_indomain_patch16_224_in1k", "image_classification", 224, "ImageNet-1k top-1 87.5"),
+        ("beit3_base_patch16_480_vqa", "vqa", 480, "VQAv2 test-dev 77.65"),
+        ("beit3_base_indomain_patch16_480_vqa", "vqa", 480, "VQAv2 test-dev 78.46"),
+        ("beit3_large_patch16_480_vqa", "vqa", 480, "VQAv2 test-dev 81.85"),
+        ("beit3_large_indomain_patch16_480_vqa", "vqa", 480, "VQAv2 test-dev 82.53"),
+        ("beit3_large_indomain_patch16_768_vgqaaug_vqa", "vqa", 768, "VQAv2 test-dev 82.97 / test-std 83.03"),
+        ("beit3_base_patch16_224_nlvr2", "visual_reasoning", 224, "NLVR2 dev 83.6 / test-P 84.4"),
+        ("beit3_base_indomain_patch16_224_nlvr2", "visual_reasoning", 224, "NLVR2 dev 84.6 / test-P 85.3"),
+        ("beit3_large_patch16_224_nlvr2", "visual_reasoning", 224, "NLVR2 dev 88.5 / test-P 89.4"),
+        ("beit3_large_indomain_patch16_224_nlvr2", "visual_reasoning", 224, "NLVR2 dev 89.2 / test-P 90.0"),
+        ("beit3_base_patch16_480_coco_captioning", "captioning", 480, "COCO test CIDEr 133.6"),
+        ("beit3_base_indomain_patch16_480_coco_captioning", "captioning", 480, "COCO test CIDEr 135.0"),
+        ("beit3_large_patch16_480_coco_captioning", "captioning", 480, "COCO test CIDEr 143.2"),
+        ("beit3_base_patch16_480_nocaps", "captioning", 480, "NoCaps val CIDEr 104.4"),
+        ("beit3_base_indomain_patch16_480_nocaps", "captioning", 480, "NoCaps val CIDEr 105.6"),
+        ("beit3_large_patch16_480_nocaps", "captioning", 480, "NoCaps val CIDEr 120.2"),
+        ("beit3_base_patch16_384_coco_retrieval", "retrieval", 384, "COCO IR@1 61.4 / TR@1 79.1"),
+        ("beit3_large_patch16_384_coco_retrieval", "retrieval", 384, "COCO IR@1 63.4 / TR@1 82.1"),
+        ("beit3_base_patch16_384_f30k_retrieval", "retrieval", 384, "Flickr30K IR@1 86.2 / TR@1 96.3"),
+        ("beit3_large_patch16_384_f30k_retrieval", "retrieval", 384, "Flickr30K IR@1 88.1 / TR@1 97.2"),
+    ]
+    for name, task, image_size, result in rows:
+        size = "large" if "_large" in name else "base"
+        table[name] = ReleasedCheckpoint(task, size, image_size, result)
+    return table
+
+
+RELEASED_CHECKPOINTS = _released_checkpoints()
+
+
+def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a `.pth` safely (`weights_only=True`); weights may sit under "model", "module" or at the top level."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(checkpoint).__name__}).")
+    for key in ("model", "module"):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    not_tensors = [key for key, value in checkpoint.items() if not torch.is_tensor(value)]
+    if not_tensors:
+        raise ValueError(f"{path}: these entries are not tensors: {not_tensors[:10]}")
+    return checkpoint
+
+
+def detect_task(state_dict: dict[str, torch.Tensor]) -> str:
+    for task, signature in TASK_SIGNATURES:
+        if signature in state_dict:
+            return task
+    return "backbone"
+
+
+def _require(state_dict: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state_dict:
+        raise ValueError(f"Not a BEiT-3 checkpoint: the key {key!r} is missing.")
+    return state_dict[key]
+
+
+def infer_config(
+    state_dict: dict[str, torch.Tensor], task: str | None = None, num_attention_heads: int | None = None
+) -> tuple[BEiT3Config, str]:
+    """The config (and task) a checkpoint was trained with, read off its tensor shapes."""
+    task = task or detect_task(state_dict)
+    if task not in TASK_CLASSES:
+        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASK_CLASSES)}.")
+    vocab_size, hidden_size = _require(state_dict, "beit3.text_embed.weight").shape
+    patch_weight = _require(state_dict, "beit3.vision_embed.proj.weight")
+    image_rows = _require(state_dict, "beit3.encoder.embed_positions.A.weight").shape[0]
+    text_rows = _require(state_dict, "beit3.encoder.embed_positions.B.weight").shape[0]
+    layers = {int(m.group(1)) for key in state_dict if (m := re.match(r"beit3\.encoder\.layers\.(\d+)\.", key))}
+    if not layers:
+        raise ValueError("Not a BEiT-3 checkpoint: no `beit3.encoder.layers.*` keys.")
+    intermediate_size = _require(state_dict, "beit3.encoder.layers.0.ffn.A.fc1.weight").shape[0]
+
+    patch_size = patch_weight.shape[-1]
+    grid = math.isqrt(image_rows - 1 - FAIRSEQ_POSITION_OFFSET)
+    if grid * grid != image_rows - 1 - FAIRSEQ_POSITION_OFFSET:
+        raise ValueError(f"The image position table has {image_rows} rows, which is not 3 + a square grid.")
+
+    labels = {
+        "image_classification": "head.weight",
+        "vqa": "head.3.weight",
+        "visual_reasoning": "head.dense2.weight",
+    }
+    num_labels = _require(state_dict, labels[task]).shape[0] if task in labels else 2
+    config = BEiT3Config(
+        hidden_size=hidden_size,
+        num_hidden_layers=max(layers) + 1,
+        num_attention_heads=num_attention_heads or hidden_size // 64,
+        intermediate_size=intermediate_size,
+        image_size=grid * patch_size,
+        patch_size=patch_size,
+        num_channels=patch_weight.shape[1],
+        vocab_size=vocab_size,
+        max_text_positions=text_rows - FAIRSEQ_POSITION_OFFSET,
+        use_final_layer_norm="beit3.encoder.layer_norm.A.weight" in state_dict,
+        num_labels=num_labels,
+    )
+    return config, task
+
+
+def _rename(key: str, mapping: dict[str, str]) -> str | None:
+    for pattern, replacement in mapping.items():
+        if re.match(pattern, key):
+            new_key = re.sub(pattern, replacement, key)
+            return re.sub(r"\.(A|B)\.", lambda m: f".{EXPERTS[m.group(1)]}.", new_key)
+    return None
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
+    """Original keys -> ours. Raises one ValueError listing every key that has no place."""
+    mapping = {**BACKBONE_KEY_MAPPING, **HEAD_KEY_MAPPING[task]}
+    converted, unplaced = {}, []
+    for key, value in state_dict.items():
+        new_key = _rename(key, mapping)
+        if new_key is None:
+            unplaced.append(key)
+            continue
+        if key.startswith("beit3.encoder.embed_positions."):
+            value = value[FAIRSEQ_POSITION_OFFSET:]
+        converted[new_key] = value
+    if unplaced:
+        raise ValueError(
+            f"{len(unplaced)} checkpoint key(s) have no place in a BEiT-3 {task} model: {sorted(unplaced)}"
+        )
+    if task == "backbone":
+        converted = {key.removeprefix("beit3."): value for key, value in converted.items()}
+    return converted
+
+
+def load_converted(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]):
+    """Strict load with one message naming every missing, unexpected or mis-shaped tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    )
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            "The checkpoint does not fit the inferred model.\n"
+            f"  parameters left unfilled: {missing}\n  keys without a place: {unexpected}\n"
+            f"  shape mismatches: {mismatched}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def convert_checkpoint(
+    checkpoint_path: str | Path,
+    output_dir: str | Path | None = None,
+    task: str | None = None,
+    num_attention_heads: int | None = None,
+    spm_path: str | Path | None = None,
+    answer2label_path: str | Path | None = None,
+):
+    """Converts `checkpoint_path`; saves the model (and its preprocessing) to `output_dir` when given."""
+    original = load_original_state_dict(checkpoint_path)
+    config, task = infer_config(original, task=task, num_attention_heads=num_attention_heads)
+    if answer2label_path is not None:
+        label2id = _read_answer2label(answer2label_path)
+        if len(label2id) != config.num_labels:
+            raise ValueError(
+                f"{answer2label_path} lists {len(label2id)} answers but the checkpoint has {config.num_labels}."
+            )
+        config.label2id = label2id
+        config.id2label = {index: answer for answer, index in label2id.items()}
+    model_class = TASK_CLASSES[task]
+    config.architectures = [model_class.__name__]
+    model = model_class(config)
+    load_converted(model, convert_state_dict(original, task))
+    model.eval()
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        _save_preprocessing(Path(output_dir), Path(checkpoint_path).stem, task, config, spm_path)
+    return model
+
+
+def _read_answer2label(path: str | Path) -> dict[str, int]:
+    """unilm's `answer2label.txt`: one JSON object per line, {"answer": ..., "label": ...}."""
+    label2id = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                label2id[row["answer"]] = int(row["label"])
+    return label2id
+
+
+def _save_preprocessing(output_dir: Path, name: str, task: str, config: BEiT3Config, spm_path):
+    """Writes the image processor (and tokenizer) matching the checkpoint, so the directory is self-contained."""
+    try:
+        from .image_processing_beit3 import BEiT3ImageProcessor
+        from .processor_presets import processor_config_for
+    except ImportError:  # processors not available in this install
+        return
+    released = RELEASED_CHECKPOINTS.get(name)
+    if released is not None and released.image_size != config.image_size:
+        raise ValueError(
+            f"{name} is released at {released.image_size}px but its position table says {config.image_size}px."
+        )
+    image_processor = BEiT3ImageProcessor(**processor_config_for(task, config.image_size))
+    if spm_path is None:
+        image_processor.save_pretrained(output_dir)
+        return
+    from .processing_beit3 import BEiT3Processor
+    from .tokenization_beit3 import convert_spm_to_tokenizer
+
+    tokenizer = convert_spm_to_tokenizer(spm_path, output_dir)
+    BEiT3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="original BEiT-3 .pth file")
+    parser.add_argument("output_dir", help="where to write the Hugging Face model directory")
+    parser.add_argument("--task", choices=sorted(TASK_CLASSES), help="override the head detected from the keys")
+    parser.add_argument("--num-attention-heads", type=int, help="default: hidden_size / 64 (true of every release)")
+    parser.add_argument("--spm", help="the release's beit3.spm, converted into tokenizer.json next to the weights")
+    parser.add_argument("--answer2label", help="unilm answer2label.txt, sets id2label for VQA checkpoints")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="upload the converted directory to this Hub repo")
+    args = parser.parse_args(argv)
+
+    model = convert_checkpoint(
+        args.checkpoint,
+        args.output_dir,
+        task=args.task,
+        num_attention_heads=args.num_attention_heads,
+        spm_path=args.spm,
+        answer2label_path=args.answer2label,
+    )
+    config = model.config
+    print(
+        f"{type(model).__name__}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"image {config.image_size}px, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
+        f"-> {args.output_dir}"
+    )
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(args.push_to_hub, exist_ok=True)
+        api.upload_folder(repo_id=args.push_to_hub, folder_path=args.output_dir)
+        print(f"uploaded to {args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    main()

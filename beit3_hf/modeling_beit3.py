@@ -1,0 +1,1033 @@
+"""PyTorch BEiT-3: a Multiway Transformer for images, text and image-text pairs.
+
+Paper: "Image as a Foreign Language: BEiT Pretraining for All Vision and Vision-Language Tasks" (Wang et al., 2022).
+Specification: torchscale 0.3.0 (`model/BEiT3.py`, `architecture/encoder.py`, `component/*`) for the backbone and
+Microsoft unilm `beit3/modeling_finetune.py` for the heads; on the same weights the outputs are equal (fp32, 1e-4).
+
+One sequence, image first: `[image CLS, image patches..., text tokens...]`. Every block runs a single softmax
+attention over the whole sequence; each token's LayerNorms, projections and feed-forward network come from the
+expert of its modality (`BEiT3Multiway`). Image-only input uses the image experts everywhere, text-only input the
+text experts. Conventions kept from the release, each said once where it happens:
+- the text `attention_mask` is 1 for real tokens (torchscale's padding mask is the opposite);
+- GELU and softmax run in fp32 in eager mode;
+- fairseq's position offset (tables start at row 2) is dropped by the converter, so positions start at 0.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.loss.loss_utils import ForSequenceClassificationLoss
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_beit3 import BEiT3Config
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BEiT3ModelOutput(ModelOutput):
+    """
+    Output of [`BEiT3Model`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_image_tokens + text_length, hidden_size)`):
+            Final hidden states of the joint sequence (image CLS, image patches, then text tokens).
+        image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, hidden_size)`, *optional*):
+            The image part of `last_hidden_state` (CLS first); `None` without image input.
+        text_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length, hidden_size)`, *optional*):
+            The text part of `last_hidden_state`; `None` without text input.
+        cache (`Cache`, *optional*): key/value cache, when one was passed in.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): embeddings plus the output of every block
+            (before the final LayerNorm), with `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): attention probabilities of every block,
+            `(batch_size, num_heads, query_length, key_length)`, with `output_attentions=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    image_last_hidden_state: torch.FloatTensor | None = None
+    text_last_hidden_state: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class BEiT3ImageTextRetrievalOutput(ModelOutput):
+    """
+    Output of [`BEiT3ForImageTextRetrieval`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): symmetric contrastive (InfoNCE) loss, with
+            `return_loss=True` and both modalities given.
+        logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`): scaled cosine
+            similarities `logit_scale.exp() * image_embeds @ text_embeds.T`.
+        logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`): the transpose.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): L2-normalised image embeddings.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): L2-normalised text embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class BEiT3CaptioningOutput(ModelOutput):
+    """
+    Output of [`BEiT3ForCaptioning`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): cross-entropy over the positions whose `labels`
+            are not -100.
+        logits (`torch.FloatTensor` of shape `(batch_size, text_length, vocab_size)`): vocabulary scores for
+            every text position.
+        cache (`Cache`, *optional*): key/value cache for generation.
+        hidden_states, attentions: as in [`BEiT3ModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Multiway primitive
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BEiT3Multiway(nn.Module):
+    """
+    Sends image tokens to `self.image` and text tokens to `self.text` (the image tokens come first).
+
+    With an `image_text` expert (the paper's vision-language FFN in the top blocks), image-text input sends every
+    token to it, while image-only and text-only input still use their own experts. Routing depends only on
+    `num_image_tokens`: all tokens are image tokens, none are, or the first `num_image_tokens` are. An expert is
+    never called on an empty slice (4-bit bitsandbytes layers crash on those).
+    """
+
+    def __init__(self, image: nn.Module, text: nn.Module, image_text: nn.Module | None = None):
+        super().__init__()
+        self.image = image
+        self.text = text
+        if image_text is not None:
+            self.image_text = image_text
+
+    def forward(self, hidden_states: torch.Tensor, num_image_tokens: int) -> torch.Tensor:
+        seq_length = hidden_states.shape[1]
+        if num_image_tokens == seq_length:
+            return self.image(hidden_states)
+        if num_image_tokens == 0:
+            return self.text(hidden_states)
+        if hasattr(self, "image_text"):
+            return self.image_text(hidden_states)
+        image_states, text_states = hidden_states.split([num_image_tokens, seq_length - num_image_tokens], dim=1)
+        return torch.cat([self.image(image_states), self.text(text_states)], dim=1)
+
+
+def multiway(make: Callable[[], nn.Module], *, experts: bool = True, image_text: bool = False) -> nn.Module:
+    """A `BEiT3Multiway` of fresh `make()` modules, or one shared `make()` module when `experts=False`."""
+    if not experts:
+        return make()
+    return BEiT3Multiway(make(), make(), make() if image_text else None)
+
+
+def route(module: nn.Module, hidden_states: torch.Tensor, num_image_tokens: int) -> torch.Tensor:
+    """Applies a Multiway module with its routing, or a shared module to every token."""
+    if isinstance(module, BEiT3Multiway):
+        return module(hidden_states, num_image_tokens)
+    return module(hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BEiT3Embeddings(nn.Module):
+    """Patch and token embeddings, each modality with its own position table (image row 0 is the CLS token)."""
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__()
+        self.config = config
+        self.patch_size = config.patch_size
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.image_position_embedding = nn.Embedding(config.num_patches + 1, config.hidden_size)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.text_position_embedding = nn.Embedding(config.max_text_positions, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_image_positions(self, height: int, width: int) -> torch.Tensor:
+        """The image position table resized (bicubic, CLS row kept) to a `height x width` patch grid."""
+        table = self.image_position_embedding.weight
+        grid = int(math.sqrt(table.shape[0] - 1))
+        if (height, width) == (grid, grid):
+            return table
+        cls_position, patch_positions = table[:1], table[1:]
+        patch_positions = patch_positions.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patch_positions = F.interpolate(
+            patch_positions.float(), size=(height, width), mode="bicubic", align_corners=False
+        ).to(table.dtype)
+        patch_positions = patch_positions.permute(0, 2, 3, 1).reshape(height * width, -1)
+        return torch.cat([cls_position, patch_positions], dim=0)
+
+    def embed_image(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        if not interpolate_pos_encoding and (height, width) != (self.config.image_size, self.config.image_size):
+            raise ValueError(
+                f"Input image size ({height}x{width}) doesn't match the model's image size "
+                f"({self.config.image_size}x{self.config.image_size}). Resize the images, or pass "
+                "`interpolate_pos_encoding=True` to resize the image position embeddings."
+            )
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Input image size ({height}x{width}) must be a multiple of the patch size ({self.patch_size})."
+            )
+        weight = self.patch_embedding.weight
+        embeddings = self.patch_embedding(pixel_values.to(dtype=weight.dtype))
+        grid_height, grid_width = embeddings.shape[-2:]
+        embeddings = embeddings.flatten(2).transpose(1, 2)  # (batch, num_patches, hidden)
+        batch_size, num_patches, _ = embeddings.shape
+
+        if bool_masked_pos is not None:
+            if bool_masked_pos.shape != (batch_size, num_patches):
+                raise ValueError(
+                    f"`bool_masked_pos` must have shape (batch_size, num_patches) = {(batch_size, num_patches)}, "
+                    f"got {tuple(bool_masked_pos.shape)}."
+                )
+            mask = bool_masked_pos.unsqueeze(-1).type_as(embeddings)
+            embeddings = embeddings * (1 - mask) + self.mask_token.to(embeddings.dtype) * mask
+
+        cls_tokens = self.cls_token.to(embeddings.dtype).expand(batch_size, -1, -1)
+        embeddings = torch.cat([cls_tokens, embeddings], dim=1)
+        return embeddings + self.interpolate_image_positions(grid_height, grid_width)
+
+    def embed_text(self, input_ids: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
+        text_length = input_ids.shape[1]
+        if position_offset + text_length > self.config.max_text_positions:
+            raise ValueError(
+                f"Text of length {position_offset + text_length} is longer than the text position table "
+                f"(`max_text_positions` = {self.config.max_text_positions}); truncate the input."
+            )
+        position_ids = torch.arange(position_offset, position_offset + text_length, device=input_ids.device)
+        return self.token_embedding(input_ids) + self.text_position_embedding(position_ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention, feed-forward, block
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class BEiT3Attention(nn.Module):
+    """One softmax attention over the joint sequence; projections and the sub-LN (Magneto) are Multiway."""
+
+    def __init__(self, config: BEiT3Config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = False  # the captioning mask is passed explicitly; never let a backend assume causality
+
+        def linear():
+            return nn.Linear(config.hidden_size, config.hidden_size)
+
+        experts = config.multiway_attention
+        self.q_proj = multiway(linear, experts=experts)
+        self.k_proj = multiway(linear, experts=experts)
+        self.v_proj = multiway(linear, experts=experts)
+        self.sub_layer_norm = multiway(lambda: nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps), experts=experts)
+        self.out_proj = multiway(linear, experts=experts)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        num_image_tokens: int,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_length, _ = hidden_states.shape
+        head_shape = (batch_size, seq_length, self.num_heads, self.head_dim)
+        query = route(self.q_proj, hidden_states, num_image_tokens).view(head_shape).transpose(1, 2)
+        key = route(self.k_proj, hidden_states, num_image_tokens).view(head_shape).transpose(1, 2)
+        value = route(self.v_proj, hidden_states, num_image_tokens).view(head_shape).transpose(1, 2)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+
+        attention_interface = eager_attention_forward
+        if not output_attentions:  # only eager materialises the probabilities
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            is_causal=False,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch_size, seq_length, -1)
+        attn_output = route(self.sub_layer_norm, attn_output, num_image_tokens)
+        attn_output = route(self.out_proj, attn_output, num_image_tokens)
+        return attn_output, attn_weights
+
+
+class BEiT3MLP(nn.Module):
+    """fc1 -> activation -> sub-LN -> fc2 (one expert)."""
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__()
+        self.config = config
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.sub_layer_norm = nn.LayerNorm(config.intermediate_size, eps=config.layer_norm_eps)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.fc1(hidden_states)
+        if self.config._attn_implementation == "eager":
+            # torchscale computes the activation in fp32 (`activation_fn(x.float()).type_as(x)`); eager mode keeps
+            # that for bit-level fidelity under autocast, the fast backends stay in the compute dtype.
+            hidden_states = self.activation_fn(hidden_states.float()).type_as(hidden_states)
+        else:
+            hidden_states = self.activation_fn(hidden_states)
+        hidden_states = self.activation_dropout(hidden_states)
+        hidden_states = self.sub_layer_norm(hidden_states)
+        return self.fc2(hidden_states)
+
+
+class BEiT3DropPath(nn.Module):
+    """Stochastic depth: drops a residual branch per sample during training."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class BEiT3EncoderLayer(GradientCheckpointingLayer):
+    """Pre-LN block: `x + Attn(LN1(x))`, then `x + FFN(LN2(x))`, every part routed by modality."""
+
+    def __init__(self, config: BEiT3Config, layer_idx: int, drop_path: float = 0.0):
+        super().__init__()
+        layer_norm = lambda: nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # noqa: E731
+        has_image_text_expert = layer_idx >= config.num_hidden_layers - config.num_vl_layers
+        self.layer_norm1 = multiway(layer_norm, experts=config.multiway_attention)
+        self.self_attn = BEiT3Attention(config, layer_idx)
+        self.layer_norm2 = multiway(layer_norm, image_text=has_image_text_expert)
+        self.mlp = multiway(lambda: BEiT3MLP(config), image_text=has_image_text_expert)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path = BEiT3DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        num_image_tokens: int,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        residual = hidden_states
+        hidden_states = route(self.layer_norm1, hidden_states, num_image_tokens)
+        hidden_states, attn_weights = self.self_attn(
+            hidden_states,
+            num_image_tokens,
+            attention_mask=attention_mask,
+            cache=cache,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+        hidden_states = residual + self.drop_path(self.dropout(hidden_states))
+
+        residual = hidden_states
+        hidden_states = route(self.layer_norm2, hidden_states, num_image_tokens)
+        hidden_states = route(self.mlp, hidden_states, num_image_tokens)
+        hidden_states = residual + self.drop_path(self.dropout(hidden_states))
+        return hidden_states, attn_weights
+
+
+class BEiT3Encoder(nn.Module):
+    def __init__(self, config: BEiT3Config):
+        super().__init__()
+        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
+        self.layers = nn.ModuleList(
+            BEiT3EncoderLayer(config, layer_idx, drop_path_rates[layer_idx])
+            for layer_idx in range(config.num_hidden_layers)
+        )
+        self.gradient_checkpointing = False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Base classes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BEiT3PreTrainedModel(PreTrainedModel):
+    config: BEiT3Config
+    config_class = BEiT3Config
+    base_model_prefix = "beit3"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BEiT3EncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _input_embed_layer = "token_embedding"
+
+    def _init_weights(self, module: nn.Module):
+        """unilm's init: truncated normal (cut at one std) for linear layers, LayerNorms at 1/0."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std, a=-std, b=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, BEiT3Embeddings):
+            init.normal_(module.token_embedding.weight, std=self.config.hidden_size**-0.5)
+            for weight in (module.image_position_embedding.weight, module.text_position_embedding.weight,
+                           module.cls_token, module.mask_token):
+                init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+class BEiT3Model(BEiT3PreTrainedModel):
+    """
+    The BEiT-3 backbone: image-only, text-only or joint image-text encoding.
+
+    Example:
+
+    ```python
+    >>> import torch, beit3_hf
+    >>> from transformers import AutoModel
+    >>> model = AutoModel.from_pretrained("path/to/converted/beit3")
+    >>> out = model(pixel_values=torch.randn(1, 3, 224, 224), input_ids=torch.tensor([[0, 10, 2343, 2]]))
+    >>> out.image_last_hidden_state.shape, out.text_last_hidden_state.shape
+    ```
+    """
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__(config)
+        self.embeddings = BEiT3Embeddings(config)
+        self.encoder = BEiT3Encoder(config)
+        if config.use_final_layer_norm:
+            layer_norm = lambda: nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # noqa: E731
+            self.final_layer_norm = multiway(layer_norm, image_text=config.num_vl_layers > 0)
+        else:
+            self.final_layer_norm = None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embeddings.token_embedding = value
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        causal_text: bool = False,
+        cache: Cache | None = None,
+        num_image_tokens: int | None = None,
+        text_position_offset: int = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BEiT3ModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, *optional*):
+                Images, normalised by [`BEiT3ImageProcessor`].
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*):
+                Token ids of the BEiT-3 (XLM-R layout) tokenizer.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*):
+                1 for real text tokens, 0 for padding. Covers the text only: image tokens are never padding.
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+                Patches to replace by the learned mask token (masked image modeling).
+            interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+                Resize the image position table (bicubic, CLS row kept) to the input resolution.
+            causal_text (`bool`, *optional*, defaults to `False`):
+                Captioning mask: image tokens see only the image; text tokens see the image, earlier text and
+                themselves.
+            cache (`Cache`, *optional*): key/value cache (captioning generation).
+            num_image_tokens (`int`, *optional*): with a cache and no `pixel_values`, how many of the cached
+                positions are image tokens (the captioning mask needs it).
+            text_position_offset (`int`, *optional*, defaults to 0): position of the first text token (generation).
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values is None and input_ids is None:
+            raise ValueError("BEiT3Model needs `pixel_values`, `input_ids`, or both; got neither.")
+        if pixel_values is not None and pixel_values.ndim != 4:
+            raise ValueError(
+                f"`pixel_values` must have shape (batch_size, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if input_ids is not None and input_ids.ndim != 2:
+            raise ValueError(f"`input_ids` must have shape (batch_size, text_length), got {tuple(input_ids.shape)}.")
+        if pixel_values is not None and input_ids is not None and pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"`pixel_values` and `input_ids` have different batch sizes: {pixel_values.shape[0]} and "
+                f"{input_ids.shape[0]}."
+            )
+        if attention_mask is not None and (input_ids is None or attention_mask.shape != input_ids.shape):
+            raise ValueError(
+                "`attention_mask` must match `input_ids` in shape, got "
+                f"{tuple(attention_mask.shape)} for input_ids of shape "
+                f"{None if input_ids is None else tuple(input_ids.shape)}."
+            )
+
+        parts = []
+        if pixel_values is not None:
+            parts.append(self.embeddings.embed_image(pixel_values, bool_masked_pos, interpolate_pos_encoding))
+            num_image_tokens = parts[0].shape[1]
+        elif num_image_tokens is None:
+            num_image_tokens = 0
+        if input_ids is not None:
+            text_embeddings = self.embeddings.embed_text(input_ids, text_position_offset)
+            if attention_mask is not None:
+                # torchscale zeroes the embeddings of padding tokens (after adding positions)
+                text_embeddings = text_embeddings * attention_mask.unsqueeze(-1).to(text_embeddings.dtype)
+            parts.append(text_embeddings.to(parts[0].dtype) if parts else text_embeddings)
+        hidden_states = self.embeddings.dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+        num_new_image_tokens = num_image_tokens if pixel_values is not None else 0
+
+        mask = self._attention_mask(hidden_states, attention_mask, num_new_image_tokens, num_image_tokens,
+                                    causal_text, cache)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.encoder.layers:
+            hidden_states, attn_weights = layer(
+                hidden_states,
+                num_image_tokens=num_new_image_tokens,
+                attention_mask=mask,
+                cache=cache,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        if self.final_layer_norm is not None:
+            hidden_states = route(self.final_layer_norm, hidden_states, num_new_image_tokens)
+
+        image_states, text_states = None, None
+        if pixel_values is not None and input_ids is not None:
+            image_states, text_states = hidden_states.split(
+                [num_new_image_tokens, hidden_states.shape[1] - num_new_image_tokens], dim=1
+            )
+        elif pixel_values is not None:
+            image_states = hidden_states
+        else:
+            text_states = hidden_states
+        output = BEiT3ModelOutput(
+            last_hidden_state=hidden_states,
+            image_last_hidden_state=image_states,
+            text_last_hidden_state=text_states,
+            cache=cache,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _attention_mask(
+        self,
+        hidden_states: torch.Tensor,
+        text_attention_mask: torch.Tensor | None,
+        num_new_image_tokens: int,
+        num_image_tokens: int,
+        causal_text: bool,
+        cache: Cache | None,
+    ):
+        """The joint mask in the form the attention backend wants (or `None` when nothing is masked)."""
+        batch_size = hidden_states.shape[0]
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if text_attention_mask is None and not causal_text:
+            return None
+        if text_attention_mask is None:
+            text_attention_mask = torch.ones(
+                batch_size, hidden_states.shape[1] - num_new_image_tokens, dtype=torch.long,
+                device=hidden_states.device,
+            )
+        # a 2D mask over every key: cached positions (always real), new image tokens (always real), new text
+        prefix_length = past_length + num_new_image_tokens
+        prefix = torch.ones(batch_size, prefix_length, dtype=text_attention_mask.dtype, device=hidden_states.device)
+        attention_mask = torch.cat([prefix, text_attention_mask], dim=1)
+
+        and_mask_function = None
+        if causal_text:
+            def and_mask_function(batch_idx, head_idx, q_idx, kv_idx):
+                # image tokens see the image; text tokens see the image, earlier text and themselves
+                return (kv_idx < num_image_tokens) | ((q_idx >= num_image_tokens) & (kv_idx <= q_idx))
+
+        return create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            cache=cache,
+            and_mask_function=and_mask_function,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BEiT3Pooler(nn.Module):
+    """First token -> LayerNorm -> Linear -> tanh."""
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(self.layer_norm(hidden_states[:, 0])))
+
+
+class BEiT3ClassifierHead(nn.Module):
+    """[LayerNorm] -> Linear -> LayerNorm -> GELU -> Linear (unilm's `TwoLayerMLP` and VQA head)."""
+
+    def __init__(self, in_features: int, hidden_features: int, num_labels: int, eps: float, norm_input: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(in_features, eps=eps) if norm_input else nn.Identity()
+        self.dense1 = nn.Linear(in_features, hidden_features)
+        self.norm2 = nn.LayerNorm(hidden_features, eps=eps)
+        self.dense2 = nn.Linear(hidden_features, num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense2(F.gelu(self.norm2(self.dense1(self.norm1(hidden_states)))))
+
+
+def _scaled_head_init(module: nn.Linear, std: float, scale: float = 1e-3):
+    """unilm's `head.weight.data.mul_(0.001)` after its truncated normal, expressed as one init."""
+    init.trunc_normal_(module.weight, std=std * scale, a=-std * scale, b=std * scale)
+    if module.bias is not None:
+        init.zeros_(module.bias)
+
+
+class BEiT3ForImageClassification(BEiT3PreTrainedModel):
+    """Image classification: mean of the patch tokens (CLS excluded) -> LayerNorm -> Linear."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.beit3 = BEiT3Model(config)
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        if module is getattr(self, "classifier", None) and isinstance(module, nn.Linear):
+            _scaled_head_init(module, self.config.initializer_range)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices (or float targets for
+            regression / multi-label, following `config.problem_type`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values is None:
+            raise ValueError("BEiT3ForImageClassification needs `pixel_values`.")
+        outputs = self.beit3(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        pooled = self.fc_norm(outputs.image_last_hidden_state[:, 1:].mean(dim=1))
+        logits = self.classifier(pooled)
+        loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class BEiT3ForVisualQuestionAnswering(BEiT3PreTrainedModel):
+    """VQA: pooler on the image CLS of the joint sequence -> Linear(D,2D) -> LayerNorm -> GELU -> Linear."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.beit3 = BEiT3Model(config)
+        self.pooler = BEiT3Pooler(config)
+        self.classifier = BEiT3ClassifierHead(
+            config.hidden_size, 2 * config.hidden_size, config.num_labels, config.layer_norm_eps, norm_input=False
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*): soft answer scores in
+            [0, 1] (VQA: 0.3/0.6/0.9/1.0 for 1/2/3/4+ annotators). Loss = BCE-with-logits summed over answers,
+            averaged over the batch (`mean * num_labels`), as in unilm.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values is None or input_ids is None:
+            raise ValueError("BEiT3ForVisualQuestionAnswering needs both `pixel_values` and `input_ids`.")
+        outputs = self.beit3(
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.pooler(outputs.image_last_hidden_state))
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"VQA `labels` must be soft scores of shape (batch_size, num_labels) = {tuple(logits.shape)}, "
+                    f"got {tuple(labels.shape)}."
+                )
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float()) * labels.shape[1]
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class BEiT3ForVisualReasoning(BEiT3PreTrainedModel):
+    """
+    NLVR2: is a statement true of a pair of images? Each image is encoded jointly with the text; the image CLS and
+    the first text token of both passes are concatenated (4D) and classified by a two-layer MLP.
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.beit3 = BEiT3Model(config)
+        self.classifier = BEiT3ClassifierHead(
+            4 * config.hidden_size, 2 * config.hidden_size, config.num_labels, config.layer_norm_eps, norm_input=True
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        classifier = getattr(self, "classifier", None)
+        if classifier is not None and module in (classifier.dense1, classifier.dense2):
+            _scaled_head_init(module, self.config.initializer_range)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 2, num_channels, height, width)`): the image pairs.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): 1 = the statement is true.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values is None or input_ids is None:
+            raise ValueError("BEiT3ForVisualReasoning needs both `pixel_values` and `input_ids`.")
+        if pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
+            raise ValueError(
+                "BEiT3ForVisualReasoning takes image pairs: `pixel_values` of shape "
+                f"(batch_size, 2, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        batch_size = pixel_values.shape[0]
+        # both images of every pair in one pass: [all first images; all second images]
+        images = pixel_values.transpose(0, 1).flatten(0, 1)
+        input_ids = input_ids.repeat(2, 1)
+        attention_mask = attention_mask.repeat(2, 1) if attention_mask is not None else None
+        outputs = self.beit3(
+            pixel_values=images,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        per_image = torch.cat(
+            [outputs.image_last_hidden_state[:, 0], outputs.text_last_hidden_state[:, 0]], dim=-1
+        )  # (2 * batch, 2D)
+        first, second = per_image.split([batch_size, batch_size], dim=0)
+        logits = self.classifier(torch.cat([first, second], dim=-1))
+        loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
+    """
+    Dual encoder for image-text retrieval and zero-shot classification: separate image-only and text-only passes,
+    first token, bias-free projection, L2 normalisation; similarities scaled by `logit_scale.exp()`.
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__(config)
+        self.beit3 = BEiT3Model(config)
+        self.image_projection = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.text_projection = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        if module is self:
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+    ) -> torch.Tensor:
+        """L2-normalised image embeddings, `(batch_size, hidden_size)`."""
+        outputs = self.beit3(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        return F.normalize(self.image_projection(outputs.last_hidden_state[:, 0]), dim=-1)
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
+        """L2-normalised text embeddings from the first (`<s>`) token, `(batch_size, hidden_size)`."""
+        outputs = self.beit3(input_ids=input_ids, attention_mask=attention_mask)
+        return F.normalize(self.text_projection(outputs.last_hidden_state[:, 0]), dim=-1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BEiT3ImageTextRetrievalOutput | tuple:
+        r"""
+        return_loss (`bool`, *optional*): return the symmetric contrastive loss; matching pairs share a batch index.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values is None and input_ids is None:
+            raise ValueError("BEiT3ForImageTextRetrieval needs `pixel_values`, `input_ids`, or both.")
+        image_embeds = (
+            self.get_image_features(pixel_values, interpolate_pos_encoding) if pixel_values is not None else None
+        )
+        text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
+
+        logits_per_image = logits_per_text = loss = None
+        if image_embeds is not None and text_embeds is not None:
+            logits_per_image = self.logit_scale.exp() * image_embeds @ text_embeds.t()
+            logits_per_text = logits_per_image.t()
+            if return_loss:
+                if logits_per_image.shape[0] != logits_per_image.shape[1]:
+                    raise ValueError(
+                        "The contrastive loss needs one text per image; got "
+                        f"{logits_per_image.shape[0]} images and {logits_per_image.shape[1]} texts."
+                    )
+                targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+                loss = (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
+        output = BEiT3ImageTextRetrievalOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
+    """
+    Captioning as masked-token prediction under a captioning mask (image <-> image, text -> image and earlier
+    text). Training replaces some caption tokens by `<mask>` and predicts them; `logits` cover every text position.
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__(config)
+        self.beit3 = BEiT3Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BEiT3CaptioningOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): the original token at each
+            position to predict (typically where `input_ids` holds `<mask>`), -100 elsewhere. Not shifted: position
+            `i` of the logits predicts position `i` of the labels.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values is None or input_ids is None:
+            raise ValueError("BEiT3ForCaptioning needs both `pixel_values` and `input_ids`.")
+        outputs = self.beit3(
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            causal_text=True,
+            cache=cache,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.lm_head(outputs.text_last_hidden_state)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(
+                    f"Captioning `labels` must match `input_ids` in shape {tuple(input_ids.shape)}, "
+                    f"got {tuple(labels.shape)}."
+                )
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        output = BEiT3CaptioningOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "BEiT3PreTrainedModel",
+    "BEiT3Model",
+    "BEiT3ForImageClassification",
+    "BEiT3ForVisualQuestionAnswering",
+    "BEiT3ForVisualReasoning",
+    "BEiT3ForImageTextRetrieval",
+    "BEiT3ForCaptioning",
+    "BEiT3ModelOutput",
+    "BEiT3ImageTextRetrievalOutput",
+    "BEiT3CaptioningOutput",
+    "BEiT3Multiway",
+]
