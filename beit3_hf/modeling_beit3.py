@@ -23,7 +23,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -122,8 +122,10 @@ class BEiT3Multiway(nn.Module):
 
     With an `image_text` expert (the paper's vision-language FFN in the top blocks), image-text input sends every
     token to it, while image-only and text-only input still use their own experts. Routing depends only on
-    `num_image_tokens`: all tokens are image tokens, none are, or the first `num_image_tokens` are. An expert is
-    never called on an empty slice (4-bit bitsandbytes layers crash on those).
+    `num_image_tokens`: all tokens are image tokens, none are, or the first `num_image_tokens` are; and on
+    `joint_input`, which defaults to "some but not all tokens are image tokens" and is given explicitly when text is
+    decoded against a cached image (the new tokens are all text, yet the input is image-text). An expert is never
+    called on an empty slice (4-bit bitsandbytes layers crash on those).
     """
 
     def __init__(self, image: nn.Module, text: nn.Module, image_text: nn.Module | None = None):
@@ -133,14 +135,18 @@ class BEiT3Multiway(nn.Module):
         if image_text is not None:
             self.image_text = image_text
 
-    def forward(self, hidden_states: torch.Tensor, num_image_tokens: int) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, num_image_tokens: int, joint_input: bool | None = None
+    ) -> torch.Tensor:
         seq_length = hidden_states.shape[1]
+        if joint_input is None:
+            joint_input = 0 < num_image_tokens < seq_length
+        if joint_input and hasattr(self, "image_text"):
+            return self.image_text(hidden_states)
         if num_image_tokens == seq_length:
             return self.image(hidden_states)
         if num_image_tokens == 0:
             return self.text(hidden_states)
-        if hasattr(self, "image_text"):
-            return self.image_text(hidden_states)
         image_states, text_states = hidden_states.split([num_image_tokens, seq_length - num_image_tokens], dim=1)
         return torch.cat([self.image(image_states), self.text(text_states)], dim=1)
 
@@ -152,10 +158,12 @@ def multiway(make: Callable[[], nn.Module], *, experts: bool = True, image_text:
     return BEiT3Multiway(make(), make(), make() if image_text else None)
 
 
-def route(module: nn.Module, hidden_states: torch.Tensor, num_image_tokens: int) -> torch.Tensor:
+def route(
+    module: nn.Module, hidden_states: torch.Tensor, num_image_tokens: int, joint_input: bool | None = None
+) -> torch.Tensor:
     """Applies a Multiway module with its routing, or a shared module to every token."""
     if isinstance(module, BEiT3Multiway):
-        return module(hidden_states, num_image_tokens)
+        return module(hidden_states, num_image_tokens, joint_input)
     return module(hidden_states)
 
 
@@ -259,6 +267,8 @@ def eager_attention_forward(
 ):
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:  # an SDPA-style mask (True = attend), e.g. with output_attentions
+            attention_mask = torch.zeros_like(attn_weights).masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
         attn_weights = attn_weights + attention_mask
     attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
@@ -393,6 +403,7 @@ class BEiT3EncoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         output_attentions: bool = False,
+        joint_input: bool | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         residual = hidden_states
@@ -408,8 +419,8 @@ class BEiT3EncoderLayer(GradientCheckpointingLayer):
         hidden_states = residual + self.drop_path(self.dropout(hidden_states))
 
         residual = hidden_states
-        hidden_states = route(self.layer_norm2, hidden_states, num_image_tokens)
-        hidden_states = route(self.mlp, hidden_states, num_image_tokens)
+        hidden_states = route(self.layer_norm2, hidden_states, num_image_tokens, joint_input)
+        hidden_states = route(self.mlp, hidden_states, num_image_tokens, joint_input)
         hidden_states = residual + self.drop_path(self.dropout(hidden_states))
         return hidden_states, attn_weights
 
@@ -568,6 +579,7 @@ class BEiT3Model(BEiT3PreTrainedModel):
             parts.append(text_embeddings.to(parts[0].dtype) if parts else text_embeddings)
         hidden_states = self.embeddings.dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         num_new_image_tokens = num_image_tokens if pixel_values is not None else 0
+        joint_input = input_ids is not None and num_image_tokens > 0  # also text decoded against a cached image
 
         mask = self._attention_mask(hidden_states, attention_mask, num_new_image_tokens, num_image_tokens,
                                     causal_text, cache)
@@ -581,6 +593,7 @@ class BEiT3Model(BEiT3PreTrainedModel):
                 attention_mask=mask,
                 cache=cache,
                 output_attentions=output_attentions,
+                joint_input=joint_input,
                 **kwargs,
             )
             if output_hidden_states:
@@ -588,7 +601,7 @@ class BEiT3Model(BEiT3PreTrainedModel):
             if output_attentions:
                 all_attentions += (attn_weights,)
         if self.final_layer_norm is not None:
-            hidden_states = route(self.final_layer_norm, hidden_states, num_new_image_tokens)
+            hidden_states = route(self.final_layer_norm, hidden_states, num_new_image_tokens, joint_input)
 
         image_states, text_states = None, None
         if pixel_values is not None and input_ids is not None:
@@ -951,9 +964,28 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
     """
     Captioning as masked-token prediction under a captioning mask (image <-> image, text -> image and earlier
     text). Training replaces some caption tokens by `<mask>` and predicts them; `logits` cover every text position.
+
+    `generate()` decodes as unilm's `CaptioningHandler` does: every step feeds the last word followed by `<mask>` and
+    reads the next word off the `<mask>` slot. The image is encoded once, in the first step, and then lives in the
+    key/value cache with the caption; the `<mask>` slot's keys and values are dropped from the cache after each step,
+    since the next step feeds the chosen word in its place. Greedy decoding reproduces unilm's incremental decoding
+    token for token; beam search is transformers' (see `docs/usage.md` for how it relates to unilm's).
+
+    Example:
+
+    ```python
+    >>> import beit3_hf
+    >>> from transformers import AutoModelForImageTextToText, AutoProcessor
+    >>> model = AutoModelForImageTextToText.from_pretrained("path/to/beit3-base-coco-captioning")
+    >>> processor = AutoProcessor.from_pretrained("path/to/beit3-base-coco-captioning")
+    >>> pixel_values = processor(images=image, return_tensors="pt").pixel_values
+    >>> processor.batch_decode(model.generate(pixel_values=pixel_values), skip_special_tokens=True)
+    ```
     """
 
     accepts_loss_kwargs = False
+    # `generate(pixel_values=...)` starts every caption from `<s>` (the bos token) when no prompt is given
+    main_input_name = "input_ids"
 
     def __init__(self, config: BEiT3Config):
         super().__init__(config)
@@ -974,6 +1006,8 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         cache: Cache | None = None,
+        use_cache: bool | None = None,
+        num_image_tokens: int | None = None,
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -984,16 +1018,44 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): the original token at each
             position to predict (typically where `input_ids` holds `<mask>`), -100 elsewhere. Not shifted: position
             `i` of the logits predicts position `i` of the labels.
+        cache (`Cache`, *optional*): key/value cache. Empty, it requires `pixel_values` and is filled with the image
+            and the text; holding an image (and earlier text), it takes the next text tokens without `pixel_values`.
+        use_cache (`bool`, *optional*): start a new `DynamicCache` when no `cache` is given.
+        num_image_tokens (`int`, *optional*): with a filled `cache`, how many of its positions are image tokens;
+            defaults to the model's resolution (`num_patches + 1`). `generate()` passes it.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if pixel_values is None or input_ids is None:
-            raise ValueError("BEiT3ForCaptioning needs both `pixel_values` and `input_ids`.")
+        if input_ids is None:
+            raise ValueError("BEiT3ForCaptioning needs `input_ids`.")
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        text_position_offset = 0
+        if pixel_values is not None:
+            if past_length > 0:
+                raise ValueError(
+                    f"`pixel_values` were given with a cache that already holds {past_length} positions; the image "
+                    "must come first, into an empty cache."
+                )
+            num_image_tokens = None
+        else:
+            if past_length == 0:
+                raise ValueError("BEiT3ForCaptioning needs `pixel_values`, or a `cache` that already holds the image.")
+            num_image_tokens = self.config.num_patches + 1 if num_image_tokens is None else num_image_tokens
+            # the text already in the cache comes right after the image
+            text_position_offset = past_length - num_image_tokens
+            if text_position_offset < 0:
+                raise ValueError(
+                    f"`num_image_tokens` ({num_image_tokens}) is larger than the cache ({past_length} positions)."
+                )
         outputs = self.beit3(
             pixel_values=pixel_values,
             input_ids=input_ids,
             attention_mask=attention_mask,
             causal_text=True,
             cache=cache,
+            num_image_tokens=num_image_tokens,
+            text_position_offset=text_position_offset,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -1016,6 +1078,39 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> dict:
+        """The tokens not yet in the cache, followed by the `<mask>` slot whose logits predict the next token."""
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError(
+                "BEiT3ForCaptioning generates from prompts without padding: text positions start at the first token, "
+                "so left-padded prompts would shift them. Generate prompts of different lengths separately."
+            )
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, cache=cache, **kwargs
+        )
+        new_ids = model_inputs["input_ids"]
+        mask_slot = new_ids.new_full((new_ids.shape[0], 1), self.config.mask_token_id)
+        model_inputs["input_ids"] = torch.cat([new_ids, mask_slot], dim=1)
+        if model_inputs.get("pixel_values") is None and cache is not None and cache.get_seq_length() > 0:
+            # the cache holds the image and every token of `input_ids` that is not fed again
+            cached_text_length = input_ids.shape[1] - new_ids.shape[1]
+            model_inputs["num_image_tokens"] = cache.get_seq_length() - cached_text_length
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs: ModelOutput, model_kwargs: dict, *args, **kwargs) -> dict:
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if model_kwargs.get("cache") is not None:
+            # drop the `<mask>` slot: the next step feeds the chosen token at its position
+            model_kwargs["cache"].crop(-1)
+        return model_kwargs
 
 
 __all__ = [

@@ -1,0 +1,400 @@
+"""Behaviour of BEiT3Model and the heads: backends, save/load, Auto classes, checkpointing, gradients,
+invariances, resolution, bad input."""
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForImageTextToText,
+    AutoModelForVisualQuestionAnswering,
+    AutoModelForZeroShotImageClassification,
+)
+
+import beit3_hf
+from beit3_hf import (
+    BEiT3Config,
+    BEiT3ForCaptioning,
+    BEiT3ForImageClassification,
+    BEiT3ForImageTextRetrieval,
+    BEiT3ForVisualQuestionAnswering,
+    BEiT3ForVisualReasoning,
+    BEiT3Model,
+)
+from conftest import make_inputs, tiny_config
+
+HEADS = [
+    BEiT3Model,
+    BEiT3ForImageClassification,
+    BEiT3ForVisualQuestionAnswering,
+    BEiT3ForVisualReasoning,
+    BEiT3ForImageTextRetrieval,
+    BEiT3ForCaptioning,
+]
+
+
+def head_inputs(model_class, batch_size=2, text_length=7, seed=0, with_labels=False, image_size=32):
+    pixel_values, input_ids, attention_mask = make_inputs(batch_size, text_length, seed, image_size=image_size)
+    generator = torch.Generator().manual_seed(seed + 1)
+    if model_class is BEiT3ForImageClassification:
+        inputs = {"pixel_values": pixel_values}
+        if with_labels:
+            inputs["labels"] = torch.randint(0, 3, (batch_size,), generator=generator)
+        return inputs
+    if model_class is BEiT3ForVisualReasoning:
+        pixel_values = torch.stack([pixel_values, pixel_values.flip(0)], dim=1)
+    inputs = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+    if with_labels:
+        if model_class is BEiT3ForVisualQuestionAnswering:
+            inputs["labels"] = torch.rand(batch_size, 3, generator=generator)
+        elif model_class is BEiT3ForVisualReasoning:
+            inputs["labels"] = torch.randint(0, 3, (batch_size,), generator=generator)
+        elif model_class is BEiT3ForImageTextRetrieval:
+            inputs["return_loss"] = True
+        elif model_class is BEiT3ForCaptioning:
+            inputs["labels"] = input_ids.masked_fill(attention_mask == 0, -100)
+    return inputs
+
+
+def first_output(output):
+    if isinstance(output, beit3_hf.BEiT3ModelOutput):
+        return output.last_hidden_state
+    if isinstance(output, beit3_hf.BEiT3ImageTextRetrievalOutput):
+        return output.logits_per_image
+    return output.logits
+
+
+def build(model_class, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return model_class(tiny_config(**overrides)).eval()
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        BEiT3Config(hidden_size=30, num_attention_heads=4)
+    with pytest.raises(ValueError, match="multiple of `patch_size`"):
+        BEiT3Config(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        BEiT3Config(drop_path_rate=1.5)
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        BEiT3Config(num_hidden_layers=0)
+    with pytest.raises(ValueError, match="Unknown BEiT-3 preset"):
+        BEiT3Config.from_preset("huge")
+    large = BEiT3Config.from_preset("large", image_size=384)
+    assert (large.num_hidden_layers, large.hidden_size, large.num_attention_heads, large.intermediate_size) == (
+        24, 1024, 16, 4096)
+    assert large.num_patches == 576
+    base = BEiT3Config()
+    assert (base.vocab_size, base.mask_token_id, base.pad_token_id, base.layer_norm_eps) == (64010, 64001, 1, 1e-5)
+
+
+def test_config_round_trip(tmp_path):
+    config = tiny_config(use_final_layer_norm=False, drop_path_rate=0.1, id2label={0: "a", 1: "b", 2: "c"})
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, BEiT3Config)
+    assert loaded.to_diff_dict() == config.to_diff_dict()
+
+
+# ---------------------------------------------------------------- outputs and backends
+
+
+@pytest.mark.parametrize("model_class", HEADS)
+def test_eager_and_sdpa_agree(model_class):
+    model = build(model_class)
+    inputs = head_inputs(model_class, with_labels=True)
+    with torch.no_grad():
+        model.set_attn_implementation("sdpa")
+        sdpa = model(**inputs)
+        model.set_attn_implementation("eager")
+        eager = model(**inputs)
+    if model_class is BEiT3Model:
+        mask = torch.cat([torch.ones(2, 17, dtype=torch.long), inputs["attention_mask"]], 1).bool()
+        torch.testing.assert_close(sdpa.last_hidden_state[mask], eager.last_hidden_state[mask], atol=1e-5, rtol=0)
+    elif model_class is BEiT3ForCaptioning:
+        mask = inputs["attention_mask"].bool()
+        torch.testing.assert_close(sdpa.logits[mask], eager.logits[mask], atol=1e-5, rtol=0)
+    else:
+        torch.testing.assert_close(first_output(sdpa), first_output(eager), atol=1e-5, rtol=0)
+    if "labels" in inputs or "return_loss" in inputs:
+        torch.testing.assert_close(sdpa.loss, eager.loss, atol=1e-5, rtol=0)
+        assert list(sdpa.keys())[0] == "loss"  # loss first, for Trainer
+
+
+def test_flex_attention_agrees_with_eager():
+    model = build(BEiT3Model)
+    inputs = head_inputs(BEiT3Model)
+    with torch.no_grad():
+        expected = model(**inputs).last_hidden_state
+        try:
+            model.set_attn_implementation("flex_attention")
+            actual = model(**inputs).last_hidden_state
+        except (ImportError, RuntimeError, ValueError) as error:  # flex needs a torch build that supports it
+            pytest.skip(f"flex attention unavailable here: {error}")
+    mask = torch.cat([torch.ones(2, 17, dtype=torch.long), inputs["attention_mask"]], 1).bool()
+    torch.testing.assert_close(actual[mask], expected[mask], atol=1e-5, rtol=0)
+
+
+def test_model_output_parts_and_shapes():
+    model = build(BEiT3Model)
+    pixel_values, input_ids, attention_mask = make_inputs()
+    with torch.no_grad():
+        joint = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                      output_hidden_states=True, output_attentions=True)
+        image = model(pixel_values=pixel_values)
+        text = model(input_ids=input_ids, attention_mask=attention_mask)
+    assert joint.last_hidden_state.shape == (2, 17 + 7, 32)
+    torch.testing.assert_close(joint.image_last_hidden_state, joint.last_hidden_state[:, :17])
+    torch.testing.assert_close(joint.text_last_hidden_state, joint.last_hidden_state[:, 17:])
+    assert len(joint.hidden_states) == 3 and len(joint.attentions) == 2
+    assert joint.attentions[0].shape == (2, 4, 24, 24)
+    # padded keys get no attention
+    assert joint.attentions[0][1, :, :, 17 + 4:].abs().max() == 0
+    assert image.text_last_hidden_state is None and image.image_last_hidden_state.shape == (2, 17, 32)
+    assert text.image_last_hidden_state is None and text.text_last_hidden_state.shape == (2, 7, 32)
+    as_tuple = model(pixel_values=pixel_values, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], image.last_hidden_state)
+
+
+def test_sdpa_attentions_fall_back_to_eager():
+    model = build(BEiT3Model)
+    pixel_values, _, _ = make_inputs()
+    with torch.no_grad():
+        out = model(pixel_values=pixel_values, output_attentions=True)
+    assert all(a is not None and a.shape == (2, 4, 17, 17) for a in out.attentions)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 17))
+
+
+def test_captioning_mask():
+    """Text sees the image and earlier text; the image never sees text."""
+    model = build(BEiT3ForCaptioning)
+    pixel_values, input_ids, attention_mask = make_inputs()
+    with torch.no_grad():
+        base = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits
+        changed_ids = input_ids.clone()
+        changed_ids[:, 4] = 7
+        changed = model(pixel_values=pixel_values, input_ids=changed_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(changed[:, :4], base[:, :4])  # earlier positions don't see the future
+    assert (changed[0, 4:] - base[0, 4:]).abs().max() > 1e-4
+    out = model.beit3(pixel_values=pixel_values, input_ids=input_ids, causal_text=True, output_attentions=True)
+    attention = out.attentions[0]
+    assert attention[:, :, :17, 17:].abs().max() == 0  # image -> text blocked
+    assert attention[:, :, 17 + 2, 17 + 3:].abs().max() == 0  # text -> later text blocked
+    assert attention[:, :, 17 + 2, :17 + 3].min() > 0
+
+
+# ---------------------------------------------------------------- persistence and Auto classes
+
+
+@pytest.mark.parametrize("model_class", HEADS)
+def test_save_and_load_bit_exact(tmp_path, model_class):
+    model = build(model_class)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = model_class.from_pretrained(tmp_path).eval()
+    for (name, expected), (_, actual) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(expected, actual), name
+    inputs = head_inputs(model_class)
+    with torch.no_grad():
+        assert torch.equal(first_output(model(**inputs)), first_output(loaded(**inputs)))
+
+
+@pytest.mark.parametrize(
+    "auto_class, model_class",
+    [
+        (AutoModel, BEiT3Model),
+        (AutoModelForImageClassification, BEiT3ForImageClassification),
+        (AutoModelForVisualQuestionAnswering, BEiT3ForVisualQuestionAnswering),
+        (AutoModelForZeroShotImageClassification, BEiT3ForImageTextRetrieval),
+        (AutoModelForImageTextToText, BEiT3ForCaptioning),
+    ],
+)
+def test_auto_classes_round_trip_offline(tmp_path, auto_class, model_class):
+    model = build(model_class)
+    model.save_pretrained(tmp_path)
+    loaded = auto_class.from_pretrained(tmp_path, local_files_only=True)
+    assert type(loaded) is model_class
+    assert type(AutoConfig.from_pretrained(tmp_path)) is BEiT3Config
+    assert type(auto_class.from_config(model.config)) is model_class
+
+
+def test_backbone_loads_from_a_head_checkpoint(tmp_path):
+    head = build(BEiT3ForVisualQuestionAnswering)
+    head.save_pretrained(tmp_path)
+    backbone = AutoModel.from_pretrained(tmp_path)
+    for name, value in backbone.state_dict().items():
+        assert torch.equal(value, head.beit3.state_dict()[name]), name
+
+
+# ---------------------------------------------------------------- training behaviour
+
+
+@pytest.mark.parametrize("model_class", HEADS)
+def test_every_parameter_gets_a_gradient(model_class):
+    model = build(model_class).train()
+    inputs = head_inputs(model_class, with_labels=True)
+    if model_class is BEiT3Model:
+        inputs["bool_masked_pos"] = torch.zeros(2, 16, dtype=torch.bool)
+        inputs["bool_masked_pos"][:, ::3] = True
+        output = model(**inputs).last_hidden_state.square().mean()
+    else:
+        output = model(**inputs).loss
+    output.backward()
+    unused = {"mask_token"} if model_class is not BEiT3Model else set()
+    if model_class is BEiT3ForImageClassification:  # image-only: the text path is not used
+        unused |= {".text.", "token_embedding", "text_position_embedding"}
+    # A head that reads only one modality's outputs cannot train the other modality's last-block parts after
+    # the keys/values (the official model has the same dead ends): q, sub-LN, out, LN2, FFN, final LN.
+    unread = {BEiT3ForVisualQuestionAnswering: "text", BEiT3ForCaptioning: "image"}.get(model_class)
+    if unread:
+        last = f"layers.{model.config.num_hidden_layers - 1}."
+        unused |= {f"{last}{part}.{unread}." for part in
+                   ("self_attn.q_proj", "self_attn.sub_layer_norm", "self_attn.out_proj", "layer_norm2", "mlp")}
+        unused.add(f"final_layer_norm.{unread}.")
+    missing = [
+        name for name, param in model.named_parameters()
+        if (param.grad is None or param.grad.abs().sum() == 0) and not any(part in name for part in unused)
+    ]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("model_class", [BEiT3ForVisualQuestionAnswering, BEiT3ForCaptioning, BEiT3ForImageClassification])
+def test_gradient_checkpointing_same_outputs_and_gradients(model_class):
+    def run(checkpointing):
+        model = build(model_class).train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        loss = model(**head_inputs(model_class, with_labels=True)).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = run(False)
+    loss_ckpt, grads_ckpt = run(True)
+    torch.testing.assert_close(loss_ckpt, loss)
+    assert grads.keys() == grads_ckpt.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_drop_path_and_dropout_only_in_training():
+    model = build(BEiT3Model, drop_path_rate=0.5, hidden_dropout_prob=0.1)
+    inputs = head_inputs(BEiT3Model)
+    assert model.encoder.layers[0].drop_path.__class__.__name__ == "Identity"  # linspace starts at 0
+    assert model.encoder.layers[1].drop_path.drop_prob == pytest.approx(0.5)
+    with torch.no_grad():
+        first, second = model(**inputs).last_hidden_state, model(**inputs).last_hidden_state
+        assert torch.equal(first, second)
+        model.train()
+        torch.manual_seed(0)
+        third = model(**inputs).last_hidden_state
+    assert not torch.allclose(first, third)
+
+
+@pytest.mark.parametrize("problem_type, labels", [
+    ("regression", torch.rand(2, 3)),
+    ("multi_label_classification", torch.randint(0, 2, (2, 3)).float()),
+    ("single_label_classification", torch.tensor([0, 2])),
+])
+def test_image_classification_problem_types(problem_type, labels):
+    model = build(BEiT3ForImageClassification, problem_type=problem_type)
+    out = model(pixel_values=make_inputs()[0], labels=labels)
+    if problem_type == "regression":
+        expected = torch.nn.functional.mse_loss(out.logits, labels)
+    elif problem_type == "multi_label_classification":
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels)
+    else:
+        expected = torch.nn.functional.cross_entropy(out.logits, labels)
+    torch.testing.assert_close(out.loss, expected)
+
+
+# ---------------------------------------------------------------- invariances
+
+
+def test_padding_invariance():
+    """Extra padding (any pad id) does not change the real tokens' outputs."""
+    model = build(BEiT3ForCaptioning)
+    pixel_values, input_ids, _ = make_inputs(batch_size=1, text_length=5)
+    mask = torch.ones_like(input_ids)
+    padded_ids = torch.cat([input_ids, torch.tensor([[1, 1, 5, 9]])], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    for model_class in (BEiT3Model, BEiT3ForVisualQuestionAnswering):
+        model = build(model_class)
+        with torch.no_grad():
+            short = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=mask)
+            long = model(pixel_values=pixel_values, input_ids=padded_ids, attention_mask=padded_mask)
+        if model_class is BEiT3Model:
+            torch.testing.assert_close(long.last_hidden_state[:, :17 + 5], short.last_hidden_state, atol=1e-5, rtol=0)
+        else:
+            torch.testing.assert_close(long.logits, short.logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_class", HEADS[1:])
+def test_batch_invariance(model_class):
+    model = build(model_class)
+    inputs = head_inputs(model_class, batch_size=3)
+    with torch.no_grad():
+        batched = first_output(model(**inputs))
+        for index in range(3):
+            single = {key: value[index:index + 1] for key, value in inputs.items()}
+            expected = first_output(model(**single))
+            if model_class is BEiT3ForImageTextRetrieval:
+                torch.testing.assert_close(batched[index, index], expected[0, 0], atol=1e-5, rtol=0)
+            elif model_class is BEiT3ForCaptioning:
+                real = inputs["attention_mask"][index].bool()
+                torch.testing.assert_close(batched[index][real], expected[0][real], atol=1e-5, rtol=0)
+            else:
+                torch.testing.assert_close(batched[index], expected[0], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def test_interpolate_pos_encoding_runs_at_higher_resolution():
+    model = build(BEiT3ForImageClassification)
+    pixel_values = torch.randn(2, 3, 48, 48)
+    with pytest.raises(ValueError, match=r"48x48.*32x32"):
+        model(pixel_values=pixel_values)
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values, interpolate_pos_encoding=True).logits
+        hidden = model.beit3(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state
+        same_size = model(pixel_values=pixel_values[..., :32, :32], interpolate_pos_encoding=True).logits
+        plain = model(pixel_values=pixel_values[..., :32, :32]).logits
+    assert logits.shape == (2, 3) and hidden.shape == (2, 1 + 36, 32)
+    torch.testing.assert_close(same_size, plain)
+    table = model.beit3.embeddings.interpolate_image_positions(6, 6)
+    torch.testing.assert_close(table[0], model.beit3.embeddings.image_position_embedding.weight[0])
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_value_errors():
+    model = build(BEiT3Model)
+    pixel_values, input_ids, attention_mask = make_inputs()
+    with pytest.raises(ValueError, match="neither"):
+        model()
+    with pytest.raises(ValueError, match="batch sizes: 2 and 1"):
+        model(pixel_values=pixel_values, input_ids=input_ids[:1])
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(input_ids=input_ids, attention_mask=attention_mask[:, :3])
+    with pytest.raises(ValueError, match=r"length 41 .* 40"):
+        model(input_ids=torch.zeros(1, 41, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(2, 3, 32\)"):
+        model(pixel_values=pixel_values[:, :, 0])
+    with pytest.raises(ValueError, match="bool_masked_pos"):
+        model(pixel_values=pixel_values, bool_masked_pos=torch.zeros(2, 5, dtype=torch.bool))
+    reasoning = build(BEiT3ForVisualReasoning)
+    with pytest.raises(ValueError, match=r"\(2, 3, 32, 32\)"):
+        reasoning(pixel_values=pixel_values, input_ids=input_ids)
+    with pytest.raises(ValueError, match="both"):
+        build(BEiT3ForVisualQuestionAnswering)(pixel_values=pixel_values)
+    with pytest.raises(ValueError, match=r"\(2, 3\)"):
+        build(BEiT3ForVisualQuestionAnswering)(
+            pixel_values=pixel_values, input_ids=input_ids, labels=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="one text per image"):
+        build(BEiT3ForImageTextRetrieval)(pixel_values=pixel_values, input_ids=input_ids[:1], return_loss=True)
