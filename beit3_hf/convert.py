@@ -294,7 +294,12 @@ def convert_checkpoint(
     model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)
-        _save_preprocessing(Path(output_dir), Path(checkpoint_path).stem, task, config, spm_path)
+        name = Path(checkpoint_path).stem
+        _save_preprocessing(Path(output_dir), name, task, config, spm_path)
+        if name in RELEASED_CHECKPOINTS:
+            from .model_cards import render_card
+
+            (Path(output_dir) / "README.md").write_text(render_card(name, RELEASED_CHECKPOINTS[name]), encoding="utf-8")
     return model
 
 

@@ -132,3 +132,18 @@ def test_released_checkpoint_table():
     assert {row.task for row in fine_tuned.values()} == set(TASKS) - {"backbone"}
     for name, row in RELEASED_CHECKPOINTS.items():
         assert f"_{row.image_size}" in name and row.size in name
+
+
+@needs_official
+def test_released_name_checks_resolution_and_writes_a_card(tmp_path):
+    official = build_official("visual_reasoning", num_labels=2)
+    wrong = tmp_path / "beit3_base_patch16_224_nlvr2.pth"
+    torch.save({"model": official.state_dict()}, wrong)
+    with pytest.raises(ValueError, match="released at 224px but its position table says 32px"):
+        convert_checkpoint(wrong, tmp_path / "out", num_attention_heads=4)
+
+    from beit3_hf.model_cards import render_card, write_cards
+
+    card = render_card("beit3_base_patch16_224_nlvr2", RELEASED_CHECKPOINTS["beit3_base_patch16_224_nlvr2"])
+    assert "BEiT3ForVisualReasoning" in card and "NLVR2 dev 83.6" in card and "224x224" in card
+    assert len(write_cards(tmp_path / "cards")) == len(RELEASED_CHECKPOINTS)
