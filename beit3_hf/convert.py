@@ -279,6 +279,12 @@ def convert_checkpoint(
     """Converts `checkpoint_path`; saves the model (and its preprocessing) to `output_dir` when given."""
     original = load_original_state_dict(checkpoint_path)
     config, task = infer_config(original, task=task, num_attention_heads=num_attention_heads)
+    name = Path(checkpoint_path).stem
+    released = RELEASED_CHECKPOINTS.get(name)
+    if released is not None and released.image_size != config.image_size:
+        raise ValueError(
+            f"{name} is released at {released.image_size}px but its position table says {config.image_size}px."
+        )
     if answer2label_path is not None:
         label2id = _read_answer2label(answer2label_path)
         if len(label2id) != config.num_labels:
@@ -294,12 +300,11 @@ def convert_checkpoint(
     model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)
-        name = Path(checkpoint_path).stem
-        _save_preprocessing(Path(output_dir), name, task, config, spm_path)
-        if name in RELEASED_CHECKPOINTS:
+        _save_preprocessing(Path(output_dir), task, config, spm_path)
+        if released is not None:
             from .model_cards import render_card
 
-            (Path(output_dir) / "README.md").write_text(render_card(name, RELEASED_CHECKPOINTS[name]), encoding="utf-8")
+            (Path(output_dir) / "README.md").write_text(render_card(name, released), encoding="utf-8")
     return model
 
 
@@ -314,18 +319,13 @@ def _read_answer2label(path: str | Path) -> dict[str, int]:
     return label2id
 
 
-def _save_preprocessing(output_dir: Path, name: str, task: str, config: BEiT3Config, spm_path):
+def _save_preprocessing(output_dir: Path, task: str, config: BEiT3Config, spm_path):
     """Writes the image processor (and tokenizer) matching the checkpoint, so the directory is self-contained."""
     try:
         from .image_processing_beit3 import BEiT3ImageProcessor
         from .processor_presets import processor_config_for
     except ImportError:  # processors not available in this install
         return
-    released = RELEASED_CHECKPOINTS.get(name)
-    if released is not None and released.image_size != config.image_size:
-        raise ValueError(
-            f"{name} is released at {released.image_size}px but its position table says {config.image_size}px."
-        )
     image_processor = BEiT3ImageProcessor(**processor_config_for(task, config.image_size))
     if spm_path is None:
         image_processor.save_pretrained(output_dir)
