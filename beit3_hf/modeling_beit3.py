@@ -1079,20 +1079,56 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         )
         return output if return_dict else output.to_tuple()
 
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """
+        [`GenerationMixin.generate`] from `pixel_values`, optionally after a prompt.
+
+        Without `input_ids` every caption starts from `<s>`. A prompt may come straight from the processor
+        (`<s> words </s>` and padding): each row is continued after its last word, so the closing `</s>` and the
+        padding are removed. Rows of one batch must then hold prompts of the same length, as text positions start
+        at the first token (left padding would shift them).
+        """
+        input_ids = kwargs.pop("input_ids", None)
+        if inputs is not None and input_ids is not None:
+            raise ValueError("Pass the prompt as `inputs` or as `input_ids`, not both.")
+        input_ids = inputs if input_ids is None else input_ids
+        if input_ids is not None:
+            input_ids = self._prompt_for_generation(input_ids, kwargs.pop("attention_mask", None))
+        return super().generate(input_ids, *args, **kwargs)
+
+    def _prompt_for_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The real tokens of each row without a closing `</s>`; all rows must have the same number."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` {tuple(attention_mask.shape)} must match `input_ids` {tuple(input_ids.shape)}."
+            )
+        prompts = []
+        for ids, mask in zip(input_ids, attention_mask.bool()):
+            ids = ids[mask]
+            if len(ids) > 1 and ids[-1] == self.config.eos_token_id:
+                ids = ids[:-1]
+            prompts.append(ids)
+        lengths = sorted({len(ids) for ids in prompts})
+        if len(lengths) > 1:
+            raise ValueError(
+                f"The prompts have different lengths ({lengths} tokens without padding); BEiT-3 positions text from "
+                "its first token, so generate prompts of different lengths in separate calls."
+            )
+        if lengths[0] == 0:
+            raise ValueError("A prompt is empty: it needs at least the `<s>` token (the processor adds it).")
+        return torch.stack(prompts)
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
         next_sequence_length: int | None = None,
         cache: Cache | None = None,
-        attention_mask: torch.LongTensor | None = None,
         **kwargs,
     ) -> dict:
         """The tokens not yet in the cache, followed by the `<mask>` slot whose logits predict the next token."""
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
-                "BEiT3ForCaptioning generates from prompts without padding: text positions start at the first token, "
-                "so left-padded prompts would shift them. Generate prompts of different lengths separately."
-            )
+        kwargs.pop("attention_mask", None)  # prompts carry no padding (see `generate`), so every token is real
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, next_sequence_length=next_sequence_length, cache=cache, **kwargs
         )
