@@ -203,28 +203,26 @@ def cider(predictions: Sequence[str], references: Sequence[str | Sequence[str]],
     `exp(-delta^2 / (2 sigma^2))`; the scores are averaged over n and over references, multiplied by 10 and averaged
     over the corpus.
     """
-    references = _normalize_references(predictions, references)
-    hypothesis_counts = [_ngram_counts(caption_tokens(p)) for p in predictions]
-    reference_counts = [[_ngram_counts(caption_tokens(r)) for r in refs] for refs in references]
+    references = [[caption_tokens(r) for r in refs] for refs in _normalize_references(predictions, references)]
+    hypotheses = [caption_tokens(p) for p in predictions]
     document_frequency: Counter = Counter()
-    for refs in reference_counts:
-        document_frequency.update({ngram for ref in refs for ngram in ref})
+    for refs in references:
+        document_frequency.update({ngram for ref in refs for ngram in _ngram_counts(ref)})
     log_num_documents = math.log(len(references))
 
-    def tfidf(counts: Counter):
+    def tfidf(tokens: list[str]):
+        """Tf-idf vectors and norms per n-gram order, and the length in words (pycocoevalcap counts bigrams, i.e.
+        words - 1: the same differences, and an empty caption scores 0 either way)."""
         vectors: list[dict] = [defaultdict(float) for _ in range(4)]
         norms = np.zeros(4)
-        for ngram, term_frequency in counts.items():
-            n = len(ngram) - 1
+        for ngram, term_frequency in _ngram_counts(tokens).items():
             weight = term_frequency * (log_num_documents - math.log(max(1.0, document_frequency[ngram])))
-            vectors[n][ngram] = weight
-            norms[n] += weight**2
-        # pycocoevalcap measures the length in bigrams (`if n == 1`); only length differences matter below.
-        length = sum(count for ngram, count in counts.items() if len(ngram) == 2)
-        return vectors, np.sqrt(norms), length
+            vectors[len(ngram) - 1][ngram] = weight
+            norms[len(ngram) - 1] += weight**2
+        return vectors, np.sqrt(norms), len(tokens)
 
     scores = []
-    for hyp, refs in zip(hypothesis_counts, reference_counts):
+    for hyp, refs in zip(hypotheses, references):
         hyp_vectors, hyp_norms, hyp_length = tfidf(hyp)
         total = np.zeros(4)
         for ref in refs:

@@ -8,12 +8,14 @@
 `python -m beit3_hf.data.fashion_mnist --output-dir data/fashion_mnist` exports the same data as an `imagefolder`
 (`<split>/<class>/<index>.png`), the layout any user image-classification dataset has, so that the classification
 example runs on it exactly as it would on a user's folder. Note that `imagefolder` numbers the classes in the
-alphabetical order of the folder names, not in the official order; read `features["label"].names` for the mapping.
+alphabetical order of the folder names (and only knows the classes that have images), not in the official order;
+read `features["label"].names` for the mapping.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging as std_logging
 import gzip
 import os
 import shutil
@@ -140,8 +142,8 @@ def export_imagefolder(
         split_dir = output_dir / split
         if split_dir.exists():
             shutil.rmtree(split_dir)
-        for name in FASHION_MNIST_LABELS:
-            (split_dir / _folder_name(name)).mkdir(parents=True)
+        for label in np.unique(labels):
+            (split_dir / _folder_name(FASHION_MNIST_LABELS[label])).mkdir(parents=True)
         for index, (image, label) in enumerate(
             zip(logging.tqdm(images, desc=f"Writing Fashion-MNIST {split}", unit="image", mininterval=1.0), labels)
         ):
@@ -159,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     parser.add_argument("--max-train", type=int, default=None, help="keep only the first N training images")
     parser.add_argument("--max-test", type=int, default=None, help="keep only the first N test images")
     args = parser.parse_args(argv)
-    logging.set_verbosity_info()
+    std_logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=std_logging.INFO)
     return export_imagefolder(args.output_dir, args.data_dir, args.max_train, args.max_test)
 
 

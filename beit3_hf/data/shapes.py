@@ -37,10 +37,12 @@ rows load with `left_image` and `right_image` columns. [`load_shapes`] wraps thi
 from __future__ import annotations
 
 import argparse
+import logging as std_logging
 import io
 import json
 import os
 import random
+import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -388,7 +390,7 @@ def train_shapes_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, 
     # SentencePiece seeds its vocabulary with repeated substrings that do not cross a space, keeping only the longest
     # such repeats; a word that always sits in the same phrase ("how many") never becomes a seed and ends up split
     # into characters. Adding every word on its own lines makes each one a repeat in its own right.
-    words = sorted({word for text in texts for word in text.split()})
+    words = sorted({word for text in texts for word in re.findall(r"\w+|[^\w\s]", text)})
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     spm_path = output_dir / "shapes_spm.model"
@@ -528,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
     parser.add_argument("--vocab-size", type=int, default=256, help="upper bound on the SentencePiece vocabulary")
     parser.add_argument("--no-tokenizer", action="store_true", help="skip training the tokenizer")
     args = parser.parse_args(argv)
-    logging.set_verbosity_info()
+    std_logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=std_logging.INFO)
     return generate_shapes_dataset(
         args.output_dir,
         num_train=args.num_train,
