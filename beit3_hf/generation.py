@@ -22,9 +22,10 @@ def captioning_generation_config(
     The decoding setting of unilm's captioning evaluation as a `GenerationConfig`.
 
     Args:
-        num_max_bpe_tokens (`int`, defaults to 64): unilm's text budget. unilm stops a caption at
-            `num_max_bpe_tokens - 3` tokens (its sequence also holds `<s>`, the `<mask>` slot and `</s>`), so
-            `max_length` (which counts the `<s>` prompt) is `num_max_bpe_tokens - 2`: the same longest caption.
+        num_max_bpe_tokens (`int`, defaults to 64): unilm's text budget. unilm ends a caption after at most
+            `num_max_bpe_tokens - 3` tokens (its sequence also holds `<s>`, the `<mask>` slot and `</s>`), so that
+            is `max_new_tokens`: the same longest caption. (`max_new_tokens` rather than `max_length`, so that
+            passing `max_new_tokens` to `generate` replaces it without a warning.)
         bos_token_id / pad_token_id / eos_token_id: the XLM-R ids of `<s>` (every caption starts from it),
             `<pad>` and `</s>`.
 
@@ -39,7 +40,7 @@ def captioning_generation_config(
         early_stopping="never",
         num_return_sequences=1,
         do_sample=False,
-        max_length=num_max_bpe_tokens - 2,
+        max_new_tokens=num_max_bpe_tokens - 3,
         bos_token_id=bos_token_id,
         pad_token_id=pad_token_id,
         eos_token_id=eos_token_id,

@@ -1128,6 +1128,11 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> dict:
         """The tokens not yet in the cache, followed by the `<mask>` slot whose logits predict the next token."""
+        if cache is not None and cache.is_compileable:
+            raise ValueError(
+                f"BEiT3ForCaptioning decodes with a dynamic cache; got a {type(cache).__name__}. Leave "
+                "`cache_implementation` unset (static caches are not supported)."
+            )
         kwargs.pop("attention_mask", None)  # prompts carry no padding (see `generate`), so every token is real
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, next_sequence_length=next_sequence_length, cache=cache, **kwargs

@@ -288,8 +288,8 @@ def test_captioning_generation_config_is_unilms_setting():
     config = captioning_generation_config()
     assert (config.num_beams, config.length_penalty, config.early_stopping) == (3, 0.6, "never")
     assert (config.bos_token_id, config.pad_token_id, config.eos_token_id) == (BOS, PAD, EOS)
-    assert config.max_length == 62  # unilm's budget of 64 holds <s>, <mask> and </s>: at most 61 tokens
-    assert captioning_generation_config(num_max_bpe_tokens=32).max_length == 30
+    assert config.max_new_tokens == 61  # unilm's budget of 64 holds <s>, <mask> and </s>: at most 61 tokens
+    assert captioning_generation_config(num_max_bpe_tokens=32).max_new_tokens == 29
     with pytest.raises(ValueError, match="num_max_bpe_tokens"):
         captioning_generation_config(num_max_bpe_tokens=2)
 
@@ -297,7 +297,7 @@ def test_captioning_generation_config_is_unilms_setting():
     model.generation_config = captioning_generation_config(num_max_bpe_tokens=8)
     with torch.no_grad():
         captions = model.generate(pixel_values=images(2))
-    assert captions.shape[1] <= 6 and (captions[:, 0] == BOS).all()
+    assert captions.shape[1] <= 1 + 5 and (captions[:, 0] == BOS).all()
 
 
 @needs_official
@@ -308,7 +308,7 @@ def test_converted_captioning_checkpoint_has_the_released_generation_config(tmp_
     convert_checkpoint(checkpoint, tmp_path / "converted", num_attention_heads=4)
     saved = GenerationConfig.from_pretrained(tmp_path / "converted")
     expected = captioning_generation_config()
-    for name in ("num_beams", "length_penalty", "early_stopping", "max_length", "bos_token_id", "pad_token_id",
+    for name in ("num_beams", "length_penalty", "early_stopping", "max_new_tokens", "bos_token_id", "pad_token_id",
                  "eos_token_id"):
         assert getattr(saved, name) == getattr(expected, name), name
 
@@ -320,6 +320,8 @@ def test_generation_input_errors():
         with pytest.raises(ValueError, match="different lengths"):
             model.generate(pixel_values=pixel_values, input_ids=torch.tensor([[BOS, 5, 6], [PAD, BOS, 7]]),
                            attention_mask=torch.tensor([[1, 1, 1], [0, 1, 1]]), max_new_tokens=2)
+        with pytest.raises(ValueError, match="static caches are not supported"):
+            model.generate(pixel_values=pixel_values, max_new_tokens=2, cache_implementation="static")
         with pytest.raises(ValueError, match="not both"):
             model.generate(torch.tensor([[BOS]] * 2), input_ids=torch.tensor([[BOS]] * 2), pixel_values=pixel_values)
         out = model(pixel_values=pixel_values, input_ids=torch.tensor([[BOS, 9]] * 2), use_cache=True)
