@@ -66,8 +66,9 @@ def greedy_full_recompute(model, pixel_values, prompt, steps, **forward_kwargs):
     return sequences, step_logits
 
 
-def unfinished_rows_eos(model, pixel_values, steps=8):
-    """An eos id that the first image emits at step 3 of greedy decoding (and never before): makes rows differ."""
+def eos_ending_first_caption(model, pixel_values, steps=8):
+    """A token that the first image's greedy caption emits at step 3 or later, and not before: as eos, it ends
+    that caption early and (usually) not the others."""
     with torch.no_grad():
         free_run = model.generate(pixel_values=pixel_values, max_new_tokens=steps, eos_token_id=None)
     for step in range(3, steps):
@@ -127,7 +128,7 @@ def test_cache_holds_image_and_caption_but_not_the_mask_slot():
 def test_batch_equals_single_runs(num_beams):
     model = random_captioner()
     pixel_values = images(3)
-    eos = unfinished_rows_eos(model, pixel_values)
+    eos = eos_ending_first_caption(model, pixel_values)
     kwargs = dict(max_new_tokens=10, num_beams=num_beams, eos_token_id=eos, length_penalty=0.6)
     with torch.no_grad():
         batch = model.generate(pixel_values=pixel_values, **kwargs)
@@ -160,7 +161,7 @@ def test_beam_search_scores_are_length_normalised_log_probabilities():
     """Each returned caption's score is its log-likelihood under a full forward / (generated tokens) ** penalty."""
     model = random_captioner()
     pixel_values = images(2)
-    eos = unfinished_rows_eos(model, pixel_values)
+    eos = eos_ending_first_caption(model, pixel_values)
     length_penalty = 0.6
     with torch.no_grad():
         out = model.generate(pixel_values=pixel_values, max_new_tokens=10, num_beams=3, num_return_sequences=3,
@@ -182,7 +183,7 @@ def test_beam_search_scores_are_length_normalised_log_probabilities():
 def test_beam_search_respects_eos():
     model = random_captioner()
     pixel_values = images(3)
-    eos = unfinished_rows_eos(model, pixel_values)
+    eos = eos_ending_first_caption(model, pixel_values)
     max_new_tokens = 10
     with torch.no_grad():
         out = model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens, num_beams=3,
@@ -266,7 +267,7 @@ def test_greedy_matches_official_incremental_decoding(attn_implementation):
 
     with torch.no_grad():
         free_run, _ = official_greedy(official, pixel_values, mask_id, 12, eos_id=-1)
-        eos = unfinished_rows_eos(model, pixel_values, steps=12)
+        eos = eos_ending_first_caption(model, pixel_values, steps=12)
         expected, expected_logits = official_greedy(official, pixel_values, mask_id, 12, eos_id=eos)
         out = model.generate(pixel_values=pixel_values, max_new_tokens=12, eos_token_id=eos, pad_token_id=PAD,
                              return_dict_in_generate=True, output_logits=True)
