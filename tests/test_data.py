@@ -173,7 +173,7 @@ def test_generation_is_deterministic(tmp_path):
     ).read_bytes()
 
 
-def test_loaders_return_the_documented_columns(loaded, shapes_dir):
+def test_loaders_return_the_documented_columns(loaded, shapes_dir, tmp_path):
     import datasets
 
     _, sizes = shapes_dir
@@ -194,9 +194,14 @@ def test_loaders_return_the_documented_columns(loaded, shapes_dir):
     assert row["image"].size == (64, 64) and row["image"].mode == "RGB"
     assert len(row["answers"]) == 10
     assert loaded["nlvr2"]["test"][0]["right_image"].size == (64, 64)
+    # Plain `imagefolder` on the task directory reads the same rows.
+    plain = datasets.load_dataset("imagefolder", data_dir=str(shapes_dir[0] / "vqa"), cache_dir=str(tmp_path))
+    assert plain["test"].column_names == expected["vqa"]
+    assert plain["test"]["question"] == loaded["vqa"]["test"]["question"]
+    assert np.array_equal(np.asarray(plain["test"][3]["image"]), np.asarray(loaded["vqa"]["test"][3]["image"]))
     with pytest.raises(ValueError, match="Unknown shapes task"):
         shapes.load_shapes("detection", shapes_dir[0])
-    with pytest.raises(FileNotFoundError, match="python -m beit3_hf.data.shapes"):
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl is missing"):
         shapes.load_shapes("vqa", shapes_dir[0] / "missing")
 
 
@@ -213,6 +218,24 @@ def test_vqa_answers_are_correct_for_the_images(loaded):
             votes = collections.Counter(row["answers"])
             assert votes.most_common(1)[0] == (row["answer"], votes[row["answer"]]) and votes[row["answer"]] >= 7
             assert set(row["answers"]) <= set(shapes.VQA_ANSWERS)
+
+
+def test_vqa_answers_work_with_the_vqav2_soft_scores(loaded):
+    from beit3_hf.metrics import vqa_score
+    from beit3_hf.vqa import answer_target, build_answer_vocab, normalize_word
+
+    assert [normalize_word(answer) for answer in shapes.VQA_ANSWERS] == list(shapes.VQA_ANSWERS)
+    answer2label = {answer: label for label, answer in enumerate(shapes.VQA_ANSWERS)}
+    train = loaded["vqa"]["train"]
+    vocab, _ = build_answer_vocab(train["answer"], min_count=1)
+    assert set(vocab) <= set(shapes.VQA_ANSWERS)
+    targets = np.stack([answer_target(answers, answer2label).numpy() for answers in train["answers"]])
+    truth = np.array([answer2label[answer] for answer in train["answer"]])
+    assert vqa_score(truth, targets) == 1.0  # the majority answer has at least 4 votes
+    disagreement = (targets > 0).sum(axis=1) > 1
+    assert 0.2 < disagreement.mean() < 0.8  # about half the questions have dissenting annotators
+    runner_up = np.where(disagreement, np.argsort(-targets, axis=1, kind="stable")[:, 1], truth)
+    assert 0.0 < vqa_score(runner_up, targets) < 1.0  # dissenting answers earn partial credit
 
 
 def test_nlvr2_labels_are_correct_for_the_images(loaded):

@@ -494,8 +494,10 @@ def load_shapes(task: str, data_dir: str | os.PathLike, **load_dataset_kwargs):
     """
     Loads one task written by [`generate_shapes_dataset`] as a `datasets.DatasetDict` with `train` and `test` splits.
 
-    Only `datasets.load_dataset("imagefolder", data_dir=<data_dir>/<task>)` is used, so any directory with the same
-    layout works. Columns:
+    This is `datasets.load_dataset("imagefolder", data_files={split: "<data_dir>/<task>/<split>/metadata.jsonl"})`,
+    so any directory with the same layout works. `data_dir=<data_dir>/<task>` gives the same dataset, but lists and
+    fingerprints every image file first, which takes half a minute for 20k images instead of a fraction of a second
+    from the cache. Columns:
 
     * `captioning`, `retrieval`: `image`, `text`, `image_id`
     * `vqa`: `image`, `question`, `question_type`, `answers` (list of 10 strings), `answer`, `image_id`, `question_id`
@@ -507,13 +509,15 @@ def load_shapes(task: str, data_dir: str | os.PathLike, **load_dataset_kwargs):
 
     if task not in TASKS:
         raise ValueError(f"Unknown shapes task {task!r}; expected one of {TASKS}.")
-    task_dir = Path(data_dir) / task
-    if not (task_dir / "train" / "metadata.jsonl").is_file():
-        raise FileNotFoundError(
-            f"No shapes {task} data in {task_dir}. Generate it with `python -m beit3_hf.data.shapes --output-dir "
-            f"{data_dir}`."
-        )
-    dataset = datasets.load_dataset("imagefolder", data_dir=str(task_dir), **load_dataset_kwargs)
+    metadata_files = {split: Path(data_dir) / task / split / "metadata.jsonl" for split in SPLITS}
+    for path in metadata_files.values():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No shapes {task} data: {path} is missing. Generate it with `python -m beit3_hf.data.shapes "
+                f"--output-dir {data_dir}`."
+            )
+    data_files = {split: str(path) for split, path in metadata_files.items()}
+    dataset = datasets.load_dataset("imagefolder", data_files=data_files, **load_dataset_kwargs)
     if task == "nlvr2":
         dataset = dataset.cast_column("label", datasets.ClassLabel(names=list(NLVR2_LABEL_NAMES)))
     return dataset
