@@ -1,7 +1,8 @@
 """BEiT-3 for Hugging Face Transformers.
 
 `import beit3_hf` registers the config, the backbone and every head with transformers' Auto classes, so
-`AutoModel.from_pretrained(local_dir)` and `pipeline(...)` work on converted checkpoints.
+`AutoModel.from_pretrained(local_dir)`, `AutoProcessor.from_pretrained(local_dir)` and `pipeline(...)` (including
+the `visual-question-answering` task that transformers 5 no longer ships) work on converted checkpoints.
 """
 
 from transformers import (
@@ -27,6 +28,11 @@ from .modeling_beit3 import (
     BEiT3Multiway,
     BEiT3PreTrainedModel,
 )
+from .image_processing_beit3 import BEiT3ImageProcessor
+from .parameter_groups import count_parameters_by_group
+from .pipelines import BEiT3VisualQuestionAnsweringPipeline, register_pipelines
+from .processing_beit3 import BEiT3Processor, register_processors
+from .tokenization_beit3 import convert_spm_to_tokenizer, load_beit3_tokenizer
 
 __version__ = "0.1.0"
 
@@ -39,6 +45,8 @@ for _auto_class, _model_class in (
     (AutoModelForImageTextToText, BEiT3ForCaptioning),
 ):
     _auto_class.register(BEiT3Config, _model_class, exist_ok=True)
+register_processors()
+register_pipelines()
 
 __all__ = [
     "BEIT3_PRESETS",
@@ -54,4 +62,10 @@ __all__ = [
     "BEiT3ImageTextRetrievalOutput",
     "BEiT3CaptioningOutput",
     "BEiT3Multiway",
+    "BEiT3ImageProcessor",
+    "BEiT3Processor",
+    "BEiT3VisualQuestionAnsweringPipeline",
+    "convert_spm_to_tokenizer",
+    "load_beit3_tokenizer",
+    "count_parameters_by_group",
 ]

@@ -321,11 +321,9 @@ def _read_answer2label(path: str | Path) -> dict[str, int]:
 
 def _save_preprocessing(output_dir: Path, task: str, config: BEiT3Config, spm_path):
     """Writes the image processor (and tokenizer) matching the checkpoint, so the directory is self-contained."""
-    try:
-        from .image_processing_beit3 import BEiT3ImageProcessor
-        from .processor_presets import processor_config_for
-    except ImportError:  # processors not available in this install
-        return
+    from .image_processing_beit3 import BEiT3ImageProcessor
+    from .processor_presets import processor_config_for
+
     image_processor = BEiT3ImageProcessor(**processor_config_for(task, config.image_size))
     if spm_path is None:
         image_processor.save_pretrained(output_dir)
