@@ -147,3 +147,30 @@ def test_released_name_checks_resolution_and_writes_a_card(tmp_path):
     card = render_card("beit3_base_patch16_224_nlvr2", RELEASED_CHECKPOINTS["beit3_base_patch16_224_nlvr2"])
     assert "BEiT3ForVisualReasoning" in card and "NLVR2 dev 83.6" in card and "224x224" in card
     assert len(write_cards(tmp_path / "cards")) == len(RELEASED_CHECKPOINTS)
+
+
+@needs_official
+def test_converted_directory_carries_its_preprocessing(tmp_path):
+    """With --spm the output holds model, image processor and tokenizer: AutoProcessor + the model run end to end."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    from test_tokenization import train_spm
+
+    official = build_official("captioning", vocab_size=100)
+    checkpoint = tmp_path / "tiny_captioning.pth"
+    torch.save({"model": official.state_dict()}, checkpoint)
+    spm_path = train_spm(tmp_path / "beit3.spm")
+    output_dir = tmp_path / "out"
+    convert_checkpoint(checkpoint, output_dir, num_attention_heads=4, spm_path=spm_path)
+
+    image_processor = AutoImageProcessor.from_pretrained(output_dir)
+    assert image_processor.size == {"height": 32, "width": 32} and list(image_processor.image_mean) == [0.5] * 3
+    processor = AutoProcessor.from_pretrained(output_dir)
+    model = beit3_hf.BEiT3ForCaptioning.from_pretrained(output_dir)
+    from skimage import data
+
+    inputs = processor(images=data.astronaut(), text="a photo", return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape == (1, inputs["input_ids"].shape[1], 100)
