@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["beit3_hf", "beit3_hf.*"]),
+    package_data={"beit3_hf": ["assets/shapes_tokenizer/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -17,6 +18,7 @@ setup(
         "numpy",
         "pillow",
         "tokenizers",
+        "scikit-image",  # real photos for the demo (python -m beit3_hf.demo)
     ],
     extras_require={
         # training examples: datasets, metrics, adapters, multi-process
