@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .configuration_beit3 import BEiT3Config
+from .generation import captioning_generation_config
 from .modeling_beit3 import (
     BEiT3ForCaptioning,
     BEiT3ForImageClassification,
@@ -298,6 +299,10 @@ def convert_checkpoint(
     model = model_class(config)
     load_converted(model, convert_state_dict(original, task))
     model.eval()
+    if task == "captioning":  # unilm's evaluation decoding: 3 beams, length penalty 0.6, 64-token budget
+        model.generation_config = captioning_generation_config(
+            bos_token_id=config.bos_token_id, pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id
+        )
     if output_dir is not None:
         model.save_pretrained(output_dir)
         _save_preprocessing(Path(output_dir), task, config, spm_path)

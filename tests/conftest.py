@@ -10,6 +10,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import beit3_hf  # noqa: E402  (registers the Auto classes)
 
+# Tiny models run fastest on one thread, and a busy 2-core machine makes two threads fight each other.
+torch.set_num_threads(1)
+
 TINY = dict(
     hidden_size=32,
     num_hidden_layers=2,
