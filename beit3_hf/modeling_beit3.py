@@ -648,6 +648,12 @@ class BEiT3Model(BEiT3PreTrainedModel):
 
         and_mask_function = None
         if causal_text:
+            if self.config._attn_implementation.startswith("flash"):
+                raise ValueError(
+                    f"The captioning mask (text sees the image and earlier text) cannot be expressed with "
+                    f"attn_implementation={self.config._attn_implementation!r}; use 'sdpa', 'eager' or 'flex_attention'."
+                )
+
             def and_mask_function(batch_idx, head_idx, q_idx, kv_idx):
                 # image tokens see the image; text tokens see the image, earlier text and themselves
                 return (kv_idx < num_image_tokens) | ((q_idx >= num_image_tokens) & (kv_idx <= q_idx))

@@ -398,3 +398,12 @@ def test_bad_inputs_raise_value_errors():
             pixel_values=pixel_values, input_ids=input_ids, labels=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="one text per image"):
         build(BEiT3ForImageTextRetrieval)(pixel_values=pixel_values, input_ids=input_ids[:1], return_loss=True)
+
+
+def test_captioning_refuses_flash_attention():
+    """Flash kernels take only padding masks; the captioning mask must not be silently dropped."""
+    model = build(BEiT3ForCaptioning)
+    model.config._attn_implementation = "flash_attention_2"
+    pixel_values, input_ids, attention_mask = make_inputs()
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
