@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from .configuration_beit3 import BEIT3_PRESETS, BEiT3Config
+from . import modeling_beit3
 from .modeling_beit3 import (
     BEiT3CaptioningOutput,
     BEiT3ForCaptioning,
@@ -49,19 +50,9 @@ register_processors()
 register_pipelines()
 
 __all__ = [
+    *modeling_beit3.__all__,
     "BEIT3_PRESETS",
     "BEiT3Config",
-    "BEiT3Model",
-    "BEiT3PreTrainedModel",
-    "BEiT3ForImageClassification",
-    "BEiT3ForVisualQuestionAnswering",
-    "BEiT3ForVisualReasoning",
-    "BEiT3ForImageTextRetrieval",
-    "BEiT3ForCaptioning",
-    "BEiT3ModelOutput",
-    "BEiT3ImageTextRetrievalOutput",
-    "BEiT3CaptioningOutput",
-    "BEiT3Multiway",
     "BEiT3ImageProcessor",
     "BEiT3Processor",
     "BEiT3VisualQuestionAnsweringPipeline",
