@@ -546,17 +546,23 @@ class BEiT3ImageProcessor(_BEiT3ImageProcessingMixin, PilBackend):
             image_mean=image_mean,
             image_std=image_std,
         )
-        processed = []
-        for item in images:
-            if isinstance(item, list):
-                group = [self._process_one(image, **settings) for image in item]
-                shapes = {image.shape for image in group}
-                if len(shapes) > 1:
-                    raise ValueError(f"The images of one example have different output shapes {sorted(shapes)}.")
-                processed.append(np.stack(group))
-            else:
-                processed.append(self._process_one(item, **settings))
+        processed = process_examples(images, lambda image: self._process_one(image, **settings), np.stack)
         return self._finalize(processed, return_tensors, data_format)
+
+
+def process_examples(images: list, process_one, stack) -> list:
+    """Processes every example: a single image, or a list of images (NLVR2 pairs) stacked to `(K, 3, H, W)`."""
+    processed = []
+    for item in images:
+        if isinstance(item, list):
+            group = [process_one(image) for image in item]
+            shapes = {tuple(image.shape) for image in group}
+            if len(shapes) > 1:
+                raise ValueError(f"The images of one example have different output shapes {sorted(shapes)}.")
+            processed.append(stack(group))
+        else:
+            processed.append(process_one(item))
+    return processed
 
 
 def _per_channel(values, channels: int, name: str) -> np.ndarray:
@@ -683,15 +689,7 @@ if is_torchvision_available():
                 image_mean=image_mean,
                 image_std=image_std,
             )
-            processed = []
-            for item in images:
-                if isinstance(item, list):
-                    group = [self._process_one(image, **settings) for image in item]
-                    if len({tuple(image.shape) for image in group}) > 1:
-                        raise ValueError("The images of one example have different output shapes.")
-                    processed.append(torch.stack(group))
-                else:
-                    processed.append(self._process_one(item, **settings))
+            processed = process_examples(images, lambda image: self._process_one(image, **settings), torch.stack)
             if data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST:
                 processed = [torch.movedim(item, -3, -1) for item in processed]
             if return_tensors is not None:
