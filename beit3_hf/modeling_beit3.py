@@ -132,6 +132,7 @@ class BEiT3Multiway(nn.Module):
         super().__init__()
         self.image = image
         self.text = text
+        self.has_image_text = image_text is not None
         if image_text is not None:
             self.image_text = image_text
 
@@ -141,7 +142,7 @@ class BEiT3Multiway(nn.Module):
         seq_length = hidden_states.shape[1]
         if joint_input is None:
             joint_input = 0 < num_image_tokens < seq_length
-        if joint_input and hasattr(self, "image_text"):
+        if joint_input and self.has_image_text:
             return self.image_text(hidden_states)
         if num_image_tokens == seq_length:
             return self.image(hidden_states)

@@ -248,9 +248,23 @@ def load_model(
 
         # PEFT's own checkpointing switch would take the deprecated `gradient_checkpointing_enable` path
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if load_in_4bit:
+            keep_4bit_weights_trainable(model)
         if gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
+    """
+    Stops bitsandbytes from repacking 4-bit weights into its CPU inference layout. On CPUs with AVX512-BF16 it does
+    that at the first no-grad forward in eval mode (a Trainer evaluation, say) and never undoes it, after which
+    every training forward fails ("a view of a leaf Variable ... in-place operation"). Costs only the faster CPU
+    4-bit inference kernel; CUDA is unaffected.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 # ----------------------------------------------------------------------------------------------------------------

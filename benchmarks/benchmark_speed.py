@@ -29,6 +29,7 @@ used here; when they are missing, stand-ins are registered for this benchmark on
 """
 
 import argparse
+import copy
 import ctypes
 import json
 import math
@@ -184,6 +185,21 @@ def build_ours(official: torch.nn.Module, size: str, image_size: int, attn_imple
     original = {f"beit3.{key}": value for key, value in official.state_dict().items()}
     load_converted(model, convert_state_dict(original, "backbone"))
     return model
+
+
+def without_routing(model: BEiT3Model) -> BEiT3Model:
+    """
+    A copy of `model` in which every Multiway module is replaced by its image expert: the same network for
+    image-only input, with no routing at all. Timing both isolates what the routing itself costs.
+    """
+    from beit3_hf.modeling_beit3 import BEiT3Multiway
+
+    plain = copy.deepcopy(model)
+    for name, module in list(plain.named_modules()):
+        if isinstance(module, BEiT3Multiway):
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(plain.get_submodule(parent_name), child_name, module.image)
+    return plain
 
 
 def build_timm_vit(size: str, image_size: int):
@@ -535,6 +551,12 @@ def main(argv=None):
         if not args.skip_plain_vit:
             plain_vit = build_plain_vit(args.size, args.image_size).to(device).eval()
             vision_bars["HF ViTModel"] = lambda: plain_vit(pixel_values=inputs[0]).last_hidden_state
+        unrouted = without_routing(ours)
+        with torch.no_grad():
+            difference = (unrouted(pixel_values=inputs[0]).last_hidden_state - forward["image"][1]()).abs().max()
+            if difference > 1e-5:
+                raise SystemExit("the model without routing differs from ours on image-only input")
+        vision_bars["ours without routing"] = lambda: unrouted(pixel_values=inputs[0]).last_hidden_state
 
     def no_grad(fn):
         def call():
@@ -588,6 +610,12 @@ def main(argv=None):
                 setattr(row, attribute, getattr(row, attribute) * 1e3)
         row.extra_ms = {name: value * 1e3 for name, value in row.extra_ms.items()}
         rows.append(row)
+        # a line per finished workload, so that a run stopped by a time limit still reports what it measured
+        times = {"torchscale": row.torchscale_ms, "ours": row.ours_ms, **row.extra_ms}
+        print(f"{workload}: " + ", ".join(f"{name} {value:.2f} ms" for name, value in times.items() if value)
+              + (f"; first call {', '.join(f'{k} {v:.1f} s' for k, v in first_call.items())}"), flush=True)
+        if args.output:
+            Path(args.output).write_text(json.dumps({"args": vars(args), "rows": [asdict(r) for r in rows]}, indent=2))
 
     peak, peak_source = peak_flops(args, device, clock)
     print_table(rows, peak, peak_source, device)
@@ -631,7 +659,7 @@ def print_table(rows: list[Row], peak: float, peak_source: str, device: torch.de
         if index == 0:
             print("-|-".join("-" * width for width in widths))
     for row in rows:
-        image_bar = {name: value for name, value in row.extra_ms.items() if "ViT" in name}
+        image_bar = {name: value for name, value in row.extra_ms.items() if name != "ours+compile"}
         for name, value in image_bar.items():
             print(f"image-only forward, ours / {name} time: {row.ours_ms / value:.2f} (below 1 = ours faster)")
     compile_times = {f"{row.workload}": row.first_call_s.get("ours+compile") for row in rows}

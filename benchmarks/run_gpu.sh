@@ -1,55 +1,75 @@
 #!/usr/bin/env bash
-# Every CUDA measurement of the speed benchmark in one call (issue 6): base model, 224px, batch 64, 64 text tokens
-# of which half are padding, bf16 autocast. Logs and JSON go to $OUT when set, else to benchmarks/results/.
+# Every CUDA measurement and check in one call (issue 6): base model, 224px, batch 64, 64 text tokens of which half
+# are padding, bf16 autocast. One log (gpu.log) and one JSON per benchmark run go to $OUT when set, else to
+# benchmarks/results/.
 #
-#   bash benchmarks/run_gpu.sh               # four runs, each under its own time limit (about 9.5 minutes at most)
+#   bash benchmarks/run_gpu.sh               # every run, each under its own time limit (under 7.5 minutes in all)
 #   STEPS=10 bash benchmarks/run_gpu.sh      # fewer timed rounds
 #
-# The GPU machine has torch, timm and transformers but neither torchscale nor a network: put torchscale's wheel in
-# wheels/ first (see benchmarks/README.md). fairscale is optional: the benchmark stands in for the two helpers
-# torchscale imports from it.
+# The GPU machine has torch, timm and transformers but neither torchscale, bitsandbytes nor a network: put their
+# wheels in wheels/ first (see benchmarks/README.md); every wheel there is installed with --no-deps. fairscale is
+# optional: the benchmark stands in for the two helpers torchscale imports from it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT_DIR=${OUT:-benchmarks/results}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
+LOG="$OUT_DIR/gpu.log"
 mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
 
-for package in torchscale fairscale; do
-  if ! python -c "import $package" 2>/dev/null; then
-    wheel=$(ls wheels/"$package"-*.whl 2>/dev/null | head -n 1)
-    if [ -n "$wheel" ]; then
-      pip install --quiet --no-deps --no-index "$wheel"
-    elif [ "$package" = torchscale ]; then
-      echo "torchscale is not installed and wheels/ has no torchscale wheel; see benchmarks/README.md" >&2
-      exit 1
-    fi
-  fi
-done
+if ls wheels/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet --no-deps --no-index wheels/*.whl 2>&1 | grep -v "Running pip as" || true
+fi
+if ! "$PY" -c "import torchscale" 2>/dev/null; then
+  echo "torchscale is not installed and wheels/ has no torchscale wheel; see benchmarks/README.md" >&2
+  exit 1
+fi
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"
-python -c "import timm; print('timm', timm.__version__)" 2>/dev/null || echo "timm not installed"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PY" -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"
+  "$PY" -c "import timm; print('timm', timm.__version__)" 2>/dev/null || echo "timm not installed"
+  "$PY" -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" 2>/dev/null \
+    || echo "bitsandbytes not installed"
+} 2>&1 | tee -a "$LOG"
 
 COMMON=(--device cuda --dtype bf16 --size base --image-size 224 --batch-size 64 --text-length 64
         --pad-fraction 0.5 --steps "$STEPS" --warmup "$WARMUP")
 
-run() {  # name, time limit in seconds, extra arguments...
+step() {  # name, time limit in seconds, command...
   local name=$1 limit=$2
   shift 2
-  echo "=== $name (limit ${limit}s): $*"
-  timeout "$limit" python benchmarks/benchmark_speed.py "${COMMON[@]}" "$@" \
-    --output "$OUT_DIR/$name.json" 2>&1 | tee "$OUT_DIR/$name.log"
-  echo "=== $name: exit ${PIPESTATUS[0]}"
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  echo "=== $name: exit ${PIPESTATUS[0]}" | tee -a "$LOG"
+}
+
+bench() {  # name, time limit in seconds, extra benchmark arguments...
+  local name=$1 limit=$2
+  shift 2
+  step "$name" "$limit" "$PY" benchmarks/benchmark_speed.py "${COMMON[@]}" "$@" --output "$OUT_DIR/$name.json"
 }
 
 # the main comparison: torchscale vs ours (SDPA) vs timm ViT-B/16 and a plain HF ViT, with peak memory
-run cuda_bf16_sdpa 150 --attn-implementation sdpa
+bench cuda_bf16_sdpa 80 --attn-implementation sdpa
 # torch.compile(ours): one compilation per workload (reported), torchscale timed again as the in-run baseline
-run cuda_bf16_sdpa_compile 240 --attn-implementation sdpa --compile --skip-timm --skip-plain-vit \
+bench cuda_bf16_sdpa_compile 130 --attn-implementation sdpa --compile --skip-timm --skip-plain-vit \
   --workloads image image_text train
-# eager attention (our bit-faithful mode: fp32 softmax and GELU)
-run cuda_bf16_eager 90 --attn-implementation eager --skip-timm --skip-plain-vit --workloads image_text train
+# where the training step's time goes, ours and torchscale
+step profile_train_step 40 "$PY" benchmarks/profile_step.py --device cuda --batch-size 64 --top 25
+# the Multiway-parts prototype (benchmarks/p2_multiway_parts.diff) on a scratch copy of the tree
+P2_DIR=$(mktemp -d)
+cp -r beit3_hf benchmarks tests "$P2_DIR"/
+if (cd "$P2_DIR" && { git apply benchmarks/p2_multiway_parts.diff 2>/dev/null || patch -s -p1 < benchmarks/p2_multiway_parts.diff; }); then
+  step cuda_bf16_sdpa_p2 50 "$PY" "$P2_DIR"/benchmarks/benchmark_speed.py "${COMMON[@]}" --attn-implementation sdpa \
+    --skip-timm --skip-plain-vit --workloads image image_text train --output "$OUT_DIR/cuda_bf16_sdpa_p2.json"
+else
+  echo "=== cuda_bf16_sdpa_p2: the prototype diff does not apply" | tee -a "$LOG"
+fi
+# the GPU checks of the test suite: backends, bf16, compile, cached generation, bitsandbytes on CUDA
+step tests_cuda 100 "$PY" -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs
 # flex attention: the text padding as a block mask instead of SDPA's dense boolean mask
-run cuda_bf16_flex 90 --attn-implementation flex_attention --skip-timm --skip-plain-vit --workloads image_text train
+bench cuda_bf16_flex 35 --attn-implementation flex_attention --skip-timm --skip-plain-vit --workloads image_text train

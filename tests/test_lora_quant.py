@@ -193,9 +193,11 @@ def test_qlora_gradients_reach_only_lora(bits, model_class):
         assert not any(isinstance(m, quantized) for m in model.get_submodule(head).modules()), head
     assert model.is_activation_checkpointing
 
+    pixel_values, input_ids, attention_mask = make_inputs()
+    with torch.no_grad():  # an evaluation before training (bitsandbytes' CPU 4-bit repacking must not break it)
+        model.eval()(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
     model = apply_lora(model, "all")
     model.train()
-    pixel_values, input_ids, attention_mask = make_inputs()
     if model_class is BEiT3ForImageClassification:  # image-only: the case reentrant checkpointing gets wrong
         loss = model(pixel_values=pixel_values, labels=torch.tensor([0, 2])).loss
         used = "image"
