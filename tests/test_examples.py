@@ -123,6 +123,32 @@ def test_script_trains_and_evaluates(task, shapes_dir, classification_dir, tmp_p
     assert (output_dir / processor_file).is_file()
 
 
+def test_each_run_starts_the_next(shapes_dir, tmp_path):
+    """captions -> VQA -> NLVR2 (docs/results.md): each script loads the previous output's backbone, new head."""
+    text_data = ["--tokenizer_dir", str(shapes_dir / "tokenizer")]
+    load_script("run_captioning").main(
+        ["--dataset_dir", str(shapes_dir / "captioning"), *text_data, "--config_overrides", TEXT_OVERRIDES]
+        + common_args(tmp_path / "captions")
+    )
+    load_script("run_vqa").main(
+        ["--dataset_dir", str(shapes_dir / "vqa"), "--model_name_or_path", str(tmp_path / "captions")]
+        + common_args(tmp_path / "vqa", "--learning_rate", "0")
+    )
+    captions, vqa = weights(tmp_path / "captions"), weights(tmp_path / "vqa")
+    backbone = [name for name in captions if name.startswith("beit3.")]
+    assert backbone and all(name in vqa for name in backbone)
+    assert_same_weights({n: captions[n] for n in backbone}, {n: vqa[n] for n in backbone}, atol=0)  # lr 0
+    assert "classifier.dense2.weight" in vqa and "lm_head.weight" not in vqa
+
+    metrics = load_script("run_visual_reasoning").main(
+        ["--dataset_dir", str(shapes_dir / "nlvr2"), "--model_name_or_path", str(tmp_path / "vqa"),
+         "--ignore_mismatched_sizes"] + common_args(tmp_path / "nlvr2")
+    )
+    assert np.isfinite(metrics["eval_accuracy"])
+    config = json.loads((tmp_path / "nlvr2" / "config.json").read_text())
+    assert config["architectures"] == ["BEiT3ForVisualReasoning"] and len(config["id2label"]) == 2
+
+
 def test_vqa_lora_8bit_and_merge_flags(shapes_dir, tmp_path):
     """--lora (text experts) saves adapters and a merged model; --load_in_8bit trains adapters over int8 experts."""
     pytest.importorskip("peft", reason="LoRA needs the optional `peft` package")
