@@ -29,7 +29,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_beit3 import BEiT3Config
 
@@ -505,6 +505,7 @@ class BEiT3Model(BEiT3PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding):
         self.embeddings.token_embedding = value
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -518,7 +519,6 @@ class BEiT3Model(BEiT3PreTrainedModel):
         text_position_offset: int = 0,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> BEiT3ModelOutput | tuple:
         r"""
@@ -545,7 +545,6 @@ class BEiT3Model(BEiT3PreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is None and input_ids is None:
             raise ValueError("BEiT3Model needs `pixel_values`, `input_ids`, or both; got neither.")
         if pixel_values is not None and pixel_values.ndim != 4:
@@ -613,7 +612,7 @@ class BEiT3Model(BEiT3PreTrainedModel):
             image_states = hidden_states
         else:
             text_states = hidden_states
-        output = BEiT3ModelOutput(
+        return BEiT3ModelOutput(
             last_hidden_state=hidden_states,
             image_last_hidden_state=image_states,
             text_last_hidden_state=text_states,
@@ -621,7 +620,6 @@ class BEiT3Model(BEiT3PreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
-        return output if return_dict else output.to_tuple()
 
     def _attention_mask(
         self,
@@ -724,6 +722,7 @@ class BEiT3ForImageClassification(BEiT3PreTrainedModel):
         if module is getattr(self, "classifier", None) and isinstance(module, nn.Linear):
             _scaled_head_init(module, self.config.initializer_range)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -731,14 +730,12 @@ class BEiT3ForImageClassification(BEiT3PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices (or float targets for
             regression / multi-label, following `config.problem_type`).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is None:
             raise ValueError("BEiT3ForImageClassification needs `pixel_values`.")
         outputs = self.beit3(
@@ -751,10 +748,9 @@ class BEiT3ForImageClassification(BEiT3PreTrainedModel):
         pooled = self.fc_norm(outputs.image_last_hidden_state[:, 1:].mean(dim=1))
         logits = self.classifier(pooled)
         loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
-        output = ImageClassifierOutput(
+        return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 class BEiT3ForVisualQuestionAnswering(BEiT3PreTrainedModel):
@@ -772,6 +768,7 @@ class BEiT3ForVisualQuestionAnswering(BEiT3PreTrainedModel):
         )
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -781,7 +778,6 @@ class BEiT3ForVisualQuestionAnswering(BEiT3PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput | tuple:
         r"""
@@ -789,7 +785,6 @@ class BEiT3ForVisualQuestionAnswering(BEiT3PreTrainedModel):
             [0, 1] (VQA: 0.3/0.6/0.9/1.0 for 1/2/3/4+ annotators). Loss = BCE-with-logits summed over answers,
             averaged over the batch (`mean * num_labels`), as in unilm.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is None or input_ids is None:
             raise ValueError("BEiT3ForVisualQuestionAnswering needs both `pixel_values` and `input_ids`.")
         outputs = self.beit3(
@@ -810,10 +805,9 @@ class BEiT3ForVisualQuestionAnswering(BEiT3PreTrainedModel):
                     f"got {tuple(labels.shape)}."
                 )
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float()) * labels.shape[1]
-        output = SequenceClassifierOutput(
+        return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 class BEiT3ForVisualReasoning(BEiT3PreTrainedModel):
@@ -839,6 +833,7 @@ class BEiT3ForVisualReasoning(BEiT3PreTrainedModel):
         if classifier is not None and module in (classifier.dense1, classifier.dense2):
             _scaled_head_init(module, self.config.initializer_range)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -848,14 +843,12 @@ class BEiT3ForVisualReasoning(BEiT3PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 2, num_channels, height, width)`): the image pairs.
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): 1 = the statement is true.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is None or input_ids is None:
             raise ValueError("BEiT3ForVisualReasoning needs both `pixel_values` and `input_ids`.")
         if pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
@@ -883,10 +876,9 @@ class BEiT3ForVisualReasoning(BEiT3PreTrainedModel):
         first, second = per_image.split([batch_size, batch_size], dim=0)
         logits = self.classifier(torch.cat([first, second], dim=-1))
         loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
-        output = SequenceClassifierOutput(
+        return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
@@ -914,16 +906,19 @@ class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
     ) -> torch.Tensor:
         """L2-normalised image embeddings, `(batch_size, hidden_size)`."""
-        outputs = self.beit3(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        outputs = self.beit3(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
+        )
         return F.normalize(self.image_projection(outputs.last_hidden_state[:, 0]), dim=-1)
 
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> torch.Tensor:
         """L2-normalised text embeddings from the first (`<s>`) token, `(batch_size, hidden_size)`."""
-        outputs = self.beit3(input_ids=input_ids, attention_mask=attention_mask)
+        outputs = self.beit3(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         return F.normalize(self.text_projection(outputs.last_hidden_state[:, 0]), dim=-1)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -931,13 +926,11 @@ class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> BEiT3ImageTextRetrievalOutput | tuple:
         r"""
         return_loss (`bool`, *optional*): return the symmetric contrastive loss; matching pairs share a batch index.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is None and input_ids is None:
             raise ValueError("BEiT3ForImageTextRetrieval needs `pixel_values`, `input_ids`, or both.")
         image_embeds = (
@@ -957,14 +950,13 @@ class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
                     )
                 targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
                 loss = (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
-        output = BEiT3ImageTextRetrievalOutput(
+        return BEiT3ImageTextRetrievalOutput(
             loss=loss,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
             image_embeds=image_embeds,
             text_embeds=text_embeds,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
@@ -1006,6 +998,7 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -1018,7 +1011,6 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> BEiT3CaptioningOutput | tuple:
         r"""
@@ -1031,7 +1023,6 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         num_image_tokens (`int`, *optional*): with a filled `cache`, how many of its positions are image tokens;
             defaults to the model's resolution (`num_patches + 1`). `generate()` passes it.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if input_ids is None:
             raise ValueError("BEiT3ForCaptioning needs `input_ids`.")
         if use_cache and cache is None:
@@ -1077,14 +1068,13 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
                     f"got {tuple(labels.shape)}."
                 )
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-        output = BEiT3CaptioningOutput(
+        return BEiT3CaptioningOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
     def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
         """

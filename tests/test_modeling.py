@@ -161,6 +161,24 @@ def test_model_output_parts_and_shapes():
     torch.testing.assert_close(as_tuple[0], image.last_hidden_state)
 
 
+@pytest.mark.parametrize("model_class", HEADS)
+def test_heads_return_tuples_on_request(model_class):
+    """`return_dict=False` (argument or config) gives the tuple of the output, loss first; the backbone call inside
+    a head is not affected by the config's setting."""
+    model = build(model_class)
+    inputs = head_inputs(model_class, with_labels=True)
+    with torch.no_grad():
+        expected = model(**inputs)
+        as_tuple = model(**inputs, return_dict=False)
+        model.config.return_dict = False
+        from_config = model(**inputs)
+    assert isinstance(as_tuple, tuple) and isinstance(from_config, tuple)
+    for result in (as_tuple, from_config):
+        assert len(result) == len(expected.to_tuple())
+        for value, reference in zip(result, expected.to_tuple()):
+            torch.testing.assert_close(value, reference)
+
+
 def test_sdpa_attentions_fall_back_to_eager():
     model = build(BEiT3Model)
     pixel_values, _, _ = make_inputs()
