@@ -425,3 +425,37 @@ def test_captioning_refuses_flash_attention():
     pixel_values, input_ids, attention_mask = make_inputs()
     with pytest.raises(ValueError, match="flash_attention_2"):
         model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+
+
+# ---------------------------------------------------------------- torch.compile (CPU; tests/test_cuda.py on a GPU)
+
+
+@pytest.mark.parametrize("model_class", HEADS)
+def test_torch_compile_captures_every_head_in_one_graph(model_class):
+    """`fullgraph=True`: no graph breaks in any forward (padding mask, routing, losses); outputs equal eager."""
+    torch._dynamo.reset()
+    model = build(model_class)
+    inputs = head_inputs(model_class, with_labels=True)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        expected, output = model(**inputs), compiled(**inputs)
+    torch.testing.assert_close(first_output(output), first_output(expected))
+    if model_class is not BEiT3Model:
+        torch.testing.assert_close(output.loss, expected.loss)
+
+
+def test_torch_compile_inductor_forward_and_backward():
+    """The default backend (generated CPU kernels): same loss and gradients as eager."""
+    torch._dynamo.reset()
+    model = build(BEiT3ForVisualQuestionAnswering).train()
+    inputs = head_inputs(BEiT3ForVisualQuestionAnswering, with_labels=True)
+    expected = model(**inputs).loss
+    expected.backward()
+    reference = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    loss = torch.compile(model)(**inputs).loss
+    loss.backward()
+    torch.testing.assert_close(loss, expected)
+    for name, p in model.named_parameters():
+        if name in reference:
+            torch.testing.assert_close(p.grad, reference[name], atol=1e-5, rtol=1e-4, msg=name)
