@@ -9,6 +9,7 @@ the model math: drop path is 0 in these tests and the weights are overwritten af
 import sys
 import types
 
+import pytest
 import torch
 
 OFFICIAL_INSTALL_HINT = (
@@ -57,6 +58,21 @@ def official_modules():
     from beit3 import modeling_finetune
 
     return BEiT3, EncoderConfig, modeling_finetune
+
+
+def _official_code_installed() -> bool:
+    try:
+        official_modules()
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_OFFICIAL = _official_code_installed()
+needs_official = pytest.mark.skipif(
+    not HAVE_OFFICIAL, reason=f"the official torchscale/unilm code is not installed ({OFFICIAL_INSTALL_HINT})"
+)
+"""Marks a test that compares against the official code (installed by .ci/run; optional elsewhere)."""
 
 
 def official_args(hidden_size=32, layers=2, heads=4, ffn=64, image_size=32, patch_size=8, vocab_size=100,

@@ -17,18 +17,7 @@ from beit3_hf.convert import (
     load_original_state_dict,
 )
 
-try:
-    from official import OFFICIAL_INSTALL_HINT, build_official, official_modules
-
-    official_modules()
-    HAVE_OFFICIAL = True
-except ImportError:
-    HAVE_OFFICIAL = False
-    OFFICIAL_INSTALL_HINT = ""
-
-needs_official = pytest.mark.skipif(
-    not HAVE_OFFICIAL, reason=f"the official torchscale/unilm code is not installed ({OFFICIAL_INSTALL_HINT})"
-)
+from official import build_official, needs_official
 
 TASKS = {
     "backbone": beit3_hf.BEiT3Model,

@@ -9,18 +9,7 @@ from beit3_hf.convert import convert_checkpoint, convert_state_dict, infer_confi
 from beit3_hf.generation import captioning_generation_config
 from conftest import tiny_config
 
-try:
-    from official import OFFICIAL_INSTALL_HINT, build_official, official_modules
-
-    official_modules()
-    HAVE_OFFICIAL = True
-except ImportError:
-    HAVE_OFFICIAL = False
-    OFFICIAL_INSTALL_HINT = ""
-
-needs_official = pytest.mark.skipif(
-    not HAVE_OFFICIAL, reason=f"the official torchscale/unilm code is not installed ({OFFICIAL_INSTALL_HINT})"
-)
+from official import build_official, needs_official
 
 ATOL = 1e-4
 BOS, PAD, EOS = 0, 1, 2

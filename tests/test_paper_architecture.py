@@ -16,6 +16,7 @@ from beit3_hf.convert import main as convert_main
 from beit3_hf.modeling_beit3 import BEiT3Multiway
 from beit3_hf.parameter_groups import PARAMETER_GROUPS, count_parameters_by_group
 from conftest import make_inputs, tiny_config
+from official import build_official, needs_official
 
 NUM_LAYERS, NUM_VL_LAYERS = 4, 2
 PAPER = dict(multiway_attention=False, num_vl_layers=NUM_VL_LAYERS, num_hidden_layers=NUM_LAYERS)
@@ -445,13 +446,8 @@ def test_8bit_loading_of_the_paper_layout(tmp_path, inputs):
     torch.testing.assert_close(actual.float(), expected, atol=1e-2, rtol=0)  # logits span ~0.15; 8-bit error ~3e-3
 
 
+@needs_official
 def test_converted_release_checkpoints_keep_the_decoupled_layout(tmp_path):
-    try:
-        from official import build_official, official_modules
-
-        official_modules()
-    except ImportError:
-        pytest.skip("the official torchscale/unilm code is not installed (see tests/official.py)")
     checkpoint = tmp_path / "original.pth"
     torch.save({"model": build_official("vqa").state_dict()}, checkpoint)
     convert_main([str(checkpoint), str(tmp_path / "converted"), "--num-attention-heads", "4"])

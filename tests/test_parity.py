@@ -10,18 +10,9 @@ import beit3_hf
 from beit3_hf.convert import main as convert_main
 from conftest import make_inputs
 
-try:
-    from official import OFFICIAL_INSTALL_HINT, build_official, official_modules
+from official import build_official, needs_official, official_modules
 
-    official_modules()
-    HAVE_OFFICIAL = True
-except ImportError:
-    HAVE_OFFICIAL = False
-    OFFICIAL_INSTALL_HINT = ""
-
-pytestmark = pytest.mark.skipif(
-    not HAVE_OFFICIAL, reason=f"the official torchscale/unilm code is not installed ({OFFICIAL_INSTALL_HINT})"
-)
+pytestmark = needs_official
 
 ATOL = 1e-4
 IMPLEMENTATIONS = ["eager", "sdpa"]

@@ -80,9 +80,8 @@ def toy(tmp_path_factory):
 SENTENCES = ["a fish on a bike", "what color is the cat?", "two dogs", "Hello world!", "zebra xylophone 42", ""]
 
 
+@pytest.mark.skipif(not HAS_PROTOBUF, reason="comparing with sentencepiece's own reader needs protobuf")
 def test_reader_matches_protobuf(toy):
-    if not HAS_PROTOBUF:
-        pytest.skip("protobuf is not installed")
     from sentencepiece import sentencepiece_model_pb2
 
     spm_path = toy[0]
@@ -156,9 +155,8 @@ def test_padding_truncation_and_decode(toy):
     assert len(tokenizer(long_text, truncation=True)["input_ids"]) == 64
 
 
+@pytest.mark.skipif(not HAS_PROTOBUF, reason="transformers' SentencePiece conversion needs protobuf")
 def test_matches_transformers_own_sentencepiece_conversion(toy, tmp_path):
-    if not HAS_PROTOBUF:
-        pytest.skip("transformers' SentencePiece conversion needs protobuf")
     spm_path, _, tokenizer, _ = toy
     (tmp_path / "sentencepiece.bpe.model").write_bytes(spm_path.read_bytes())
     reference = XLMRobertaTokenizer.from_pretrained(tmp_path)
