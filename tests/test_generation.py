@@ -15,15 +15,6 @@ ATOL = 1e-4
 BOS, PAD, EOS = 0, 1, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run many small ops; on a shared CPU, thread hand-offs cost more than the math (30x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_captioner(seed=0, attn_implementation="eager", **overrides):
     """A tiny captioner with weights large enough that the argmax is decisive (unlike the default init)."""
     torch.manual_seed(seed)

@@ -41,15 +41,6 @@ def paper_model(model_class=beit3_hf.BEiT3Model, seed=0, **overrides):
     return model_class(paper_config(**overrides)).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on busy shared cores threads slow them down 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def inputs():
     return make_inputs(batch_size=2, text_length=7)
