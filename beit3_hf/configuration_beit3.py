@@ -15,7 +15,7 @@ BEIT3_PRESETS = {
         intermediate_size=6144,
         patch_size=14,
         multiway_attention=False,
-        num_vl_layers=3,
+        num_image_text_layers=3,
     ),
 }
 
@@ -52,9 +52,10 @@ class BEiT3Config(PreTrainedConfig):
         multiway_attention (`bool`, defaults to `True`): whether the attention half of each block (its LayerNorm,
             q/k/v/out projections and sub-LN) has an image and a text expert, as in the released "decoupled"
             checkpoints. `False` shares it across modalities, as in the paper.
-        num_vl_layers (`int`, defaults to 0): how many top blocks also have a vision-language FFN expert, used for
-            every token of image-text input (the paper uses 3; the release has none). Image-only and text-only
-            input still use the image and text experts there.
+        num_image_text_layers (`int`, defaults to 0): how many top blocks also have an `image_text` (the paper's
+            vision-language) FFN expert, used for every token of image-text input (the paper uses 3; the release has
+            none). Image-only and text-only input still use the image and text experts there. Read from the
+            earlier name `num_vl_layers` too.
         logit_scale_init_value (`float`, defaults to ln(1/0.07)): initial `logit_scale` of the retrieval head.
         pad_token_id / bos_token_id / eos_token_id / mask_token_id: XLM-R ids of the BEiT-3 tokenizer (1, 0, 2 and
             64001; `mask_token_id` defaults to the last id when the vocabulary is smaller than the release's).
@@ -82,7 +83,7 @@ class BEiT3Config(PreTrainedConfig):
         use_final_layer_norm: bool = True,
         initializer_range: float = 0.02,
         multiway_attention: bool = True,
-        num_vl_layers: int = 0,
+        num_image_text_layers: int = 0,
         logit_scale_init_value: float = 2.6592600345611572,
         pad_token_id: int = 1,
         bos_token_id: int = 0,
@@ -108,7 +109,9 @@ class BEiT3Config(PreTrainedConfig):
         self.use_final_layer_norm = use_final_layer_norm
         self.initializer_range = initializer_range
         self.multiway_attention = multiway_attention
-        self.num_vl_layers = num_vl_layers
+        if "num_vl_layers" in kwargs:  # the name before 0.2; configs saved with it still load
+            num_image_text_layers = kwargs.pop("num_vl_layers")
+        self.num_image_text_layers = num_image_text_layers
         self.logit_scale_init_value = logit_scale_init_value
         if mask_token_id is None:  # the release's <mask> (64001) when it fits, else the last id
             mask_token_id = 64001 if vocab_size > 64001 else vocab_size - 1
@@ -138,10 +141,10 @@ class BEiT3Config(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps!r}.")
-        if not 0 <= self.num_vl_layers <= self.num_hidden_layers:
+        if not 0 <= self.num_image_text_layers <= self.num_hidden_layers:
             raise ValueError(
-                f"`num_vl_layers` must be between 0 and `num_hidden_layers` ({self.num_hidden_layers}), "
-                f"got {self.num_vl_layers!r}."
+                f"`num_image_text_layers` must be between 0 and `num_hidden_layers` ({self.num_hidden_layers}), "
+                f"got {self.num_image_text_layers!r}."
             )
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise ValueError(f"`mask_token_id` ({self.mask_token_id}) must be below `vocab_size` ({self.vocab_size}).")

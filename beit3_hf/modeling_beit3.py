@@ -27,7 +27,12 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    SequenceClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
@@ -71,7 +76,7 @@ class BEiT3ModelOutput(ModelOutput):
 @dataclass
 class BEiT3ImageTextRetrievalOutput(ModelOutput):
     """
-    Output of [`BEiT3ForImageTextRetrieval`].
+    Output of [`BEiT3ForImageTextRetrieval`] (the layout of `CLIPOutput`).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*): symmetric contrastive (InfoNCE) loss, with
@@ -81,6 +86,8 @@ class BEiT3ImageTextRetrievalOutput(ModelOutput):
         logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`): the transpose.
         image_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): L2-normalised image embeddings.
         text_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): L2-normalised text embeddings.
+        image_model_output / text_model_output ([`BaseModelOutputWithPooling`], *optional*): the image-only and
+            text-only passes (`pooler_output` = the embedding; `hidden_states` / `attentions` on request).
     """
 
     loss: torch.FloatTensor | None = None
@@ -88,6 +95,11 @@ class BEiT3ImageTextRetrievalOutput(ModelOutput):
     logits_per_text: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
+    image_model_output: BaseModelOutputWithPooling | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in super().to_tuple())
 
 
 @dataclass
@@ -116,16 +128,30 @@ class BEiT3CaptioningOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BEiT3ModalitySplit:
+    """
+    How the positions computed in one forward divide between the experts. The first `num_image_tokens` are image
+    tokens, the remaining `num_text_tokens` text tokens. `image_text` says the input is an image-text pair, which
+    selects the `image_text` expert in the blocks that have one: true whenever text meets an image, including text
+    decoded against an image that is already in the key/value cache (the new positions are then all text).
+    """
+
+    num_image_tokens: int
+    num_text_tokens: int
+    image_text: bool
+
+    @classmethod
+    def of(cls, num_image_tokens: int, num_text_tokens: int, image_in_cache: bool = False) -> "BEiT3ModalitySplit":
+        image_text = num_text_tokens > 0 and (num_image_tokens > 0 or image_in_cache)
+        return cls(num_image_tokens, num_text_tokens, image_text)
+
+
 class BEiT3Multiway(nn.Module):
     """
-    Sends image tokens to `self.image` and text tokens to `self.text` (the image tokens come first).
-
-    With an `image_text` expert (the paper's vision-language FFN in the top blocks), image-text input sends every
-    token to it, while image-only and text-only input still use their own experts. Routing depends only on
-    `num_image_tokens`: all tokens are image tokens, none are, or the first `num_image_tokens` are; and on
-    `joint_input`, which defaults to "some but not all tokens are image tokens" and is given explicitly when text is
-    decoded against a cached image (the new tokens are all text, yet the input is image-text). An expert is never
-    called on an empty slice (4-bit bitsandbytes layers crash on those).
+    Sends image tokens to `self.image` and text tokens to `self.text` (the image tokens come first), or every token
+    to `self.image_text` (the paper's vision-language expert of the top blocks) when the input is image-text and the
+    module has one. An expert is never called on an empty slice (4-bit bitsandbytes layers crash on those).
     """
 
     def __init__(self, image: nn.Module, text: nn.Module, image_text: nn.Module | None = None):
@@ -136,19 +162,14 @@ class BEiT3Multiway(nn.Module):
         if image_text is not None:
             self.image_text = image_text
 
-    def forward(
-        self, hidden_states: torch.Tensor, num_image_tokens: int, joint_input: bool | None = None
-    ) -> torch.Tensor:
-        seq_length = hidden_states.shape[1]
-        if joint_input is None:
-            joint_input = 0 < num_image_tokens < seq_length
-        if joint_input and self.has_image_text:
+    def forward(self, hidden_states: torch.Tensor, split: BEiT3ModalitySplit) -> torch.Tensor:
+        if split.image_text and self.has_image_text:
             return self.image_text(hidden_states)
-        if num_image_tokens == seq_length:
+        if split.num_text_tokens == 0:
             return self.image(hidden_states)
-        if num_image_tokens == 0:
+        if split.num_image_tokens == 0:
             return self.text(hidden_states)
-        image_states, text_states = hidden_states.split([num_image_tokens, seq_length - num_image_tokens], dim=1)
+        image_states, text_states = hidden_states.split([split.num_image_tokens, split.num_text_tokens], dim=1)
         return torch.cat([self.image(image_states), self.text(text_states)], dim=1)
 
 
@@ -159,13 +180,69 @@ def multiway(make: Callable[[], nn.Module], *, experts: bool = True, image_text:
     return BEiT3Multiway(make(), make(), make() if image_text else None)
 
 
-def route(
-    module: nn.Module, hidden_states: torch.Tensor, num_image_tokens: int, joint_input: bool | None = None
-) -> torch.Tensor:
+def route(module: nn.Module, hidden_states: torch.Tensor, split: BEiT3ModalitySplit) -> torch.Tensor:
     """Applies a Multiway module with its routing, or a shared module to every token."""
     if isinstance(module, BEiT3Multiway):
-        return module(hidden_states, num_image_tokens, joint_input)
+        return module(hidden_states, split)
     return module(hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _reads_values(tensor: torch.Tensor) -> bool:
+    """
+    Checks of tensor *values* (token ids, class labels) copy a number to the host, which on an accelerator waits for
+    the device. They run on CPU tensors, outside torch.compile; on a GPU an out-of-range id still ends in the
+    embedding's device-side assert, so validate there in the data pipeline (the processor's ids always fit its
+    tokenizer; check `len(tokenizer) <= config.vocab_size` once).
+    """
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def check_index_range(name: str, tensor: torch.Tensor, limit: int, limit_name: str, ignore_index: int | None = None):
+    """ValueError naming the first offending value when `tensor` holds an index outside `[0, limit)`."""
+    if not _reads_values(tensor):
+        return
+    values = tensor if ignore_index is None else tensor[tensor != ignore_index]
+    if values.numel() == 0:
+        return
+    low, high = values.min().item(), values.max().item()
+    if low < 0 or high >= limit:
+        allowed = f"[0, {limit})" + ("" if ignore_index is None else f" or {ignore_index} (ignored)")
+        raise ValueError(
+            f"`{name}` contains {low if low < 0 else high}, outside {allowed}: `{limit_name}` is {limit}."
+        )
+
+
+def check_class_labels(labels: torch.Tensor, logits: torch.Tensor, config: BEiT3Config):
+    """Labels that `ForSequenceClassificationLoss` can use for `config.problem_type` (inferred as it infers it)."""
+    problem_type = config.problem_type
+    if problem_type is None:
+        if config.num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "single_label_classification":
+        if labels.dtype not in (torch.long, torch.int):
+            raise ValueError(f"Single-label classification takes integer class ids as `labels`, got {labels.dtype}.")
+        if labels.numel() != logits.shape[0]:
+            raise ValueError(
+                f"Class `labels` must hold one class id per example (batch_size = {logits.shape[0]}), "
+                f"got shape {tuple(labels.shape)}."
+            )
+        check_index_range("labels", labels, config.num_labels, "num_labels", ignore_index=-100)
+    elif not labels.is_floating_point():
+        raise ValueError(f"{problem_type} takes float `labels`, got {labels.dtype}.")
+    elif config.num_labels > 1 and labels.shape != logits.shape:
+        raise ValueError(
+            f"{problem_type} `labels` must have shape (batch_size, num_labels) = {tuple(logits.shape)}, "
+            f"got {tuple(labels.shape)}."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -210,7 +287,17 @@ class BEiT3Embeddings(nn.Module):
         bool_masked_pos: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> torch.Tensor:
-        height, width = pixel_values.shape[-2:]
+        batch_size, num_channels, height, width = pixel_values.shape
+        if num_channels != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` has {num_channels} channels, but the model takes `num_channels` = "
+                f"{self.config.num_channels} (shape {tuple(pixel_values.shape)}); convert the images to RGB, e.g. "
+                "with the BEiT3ImageProcessor."
+            )
+        if pixel_values.is_complex():
+            raise ValueError(f"`pixel_values` must be real numbers, got dtype {pixel_values.dtype}.")
+        if batch_size == 0 or height == 0 or width == 0:
+            raise ValueError(f"`pixel_values` is empty: shape {tuple(pixel_values.shape)}.")
         if not interpolate_pos_encoding and (height, width) != (self.config.image_size, self.config.image_size):
             raise ValueError(
                 f"Input image size ({height}x{width}) doesn't match the model's image size "
@@ -225,7 +312,7 @@ class BEiT3Embeddings(nn.Module):
         embeddings = self.patch_embedding(pixel_values.to(dtype=weight.dtype))
         grid_height, grid_width = embeddings.shape[-2:]
         embeddings = embeddings.flatten(2).transpose(1, 2)  # (batch, num_patches, hidden)
-        batch_size, num_patches, _ = embeddings.shape
+        num_patches = embeddings.shape[1]
 
         if bool_masked_pos is not None:
             if bool_masked_pos.shape != (batch_size, num_patches):
@@ -241,7 +328,15 @@ class BEiT3Embeddings(nn.Module):
         return embeddings + self.interpolate_image_positions(grid_height, grid_width)
 
     def embed_text(self, input_ids: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
-        text_length = input_ids.shape[1]
+        if input_ids.dtype not in (torch.long, torch.int):
+            raise ValueError(f"`input_ids` must hold integer token ids (int64 or int32), got dtype {input_ids.dtype}.")
+        batch_size, text_length = input_ids.shape
+        if batch_size == 0 or text_length == 0:
+            raise ValueError(
+                f"`input_ids` is empty: shape {tuple(input_ids.shape)}. Give at least one token (the processor adds "
+                "`<s>` and `</s>`), or leave `input_ids` out for image-only input."
+            )
+        check_index_range("input_ids", input_ids, self.config.vocab_size, "vocab_size")
         if position_offset + text_length > self.config.max_text_positions:
             raise ValueError(
                 f"Text of length {position_offset + text_length} is longer than the text position table "
@@ -249,6 +344,26 @@ class BEiT3Embeddings(nn.Module):
             )
         position_ids = torch.arange(position_offset, position_offset + text_length, device=input_ids.device)
         return self.token_embedding(input_ids) + self.text_position_embedding(position_ids)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        text_position_offset: int = 0,
+    ) -> torch.Tensor:
+        """`[image CLS, patches..., text...]`, either part optional; padding text is zeroed, as in torchscale."""
+        parts = []
+        if pixel_values is not None:
+            parts.append(self.embed_image(pixel_values, bool_masked_pos, interpolate_pos_encoding))
+        if input_ids is not None:
+            text = self.embed_text(input_ids, text_position_offset)
+            if attention_mask is not None:  # after adding positions, as torchscale does
+                text = text * attention_mask.unsqueeze(-1).to(text.dtype)
+            parts.append(text.to(parts[0].dtype) if parts else text)
+        return self.dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -303,17 +418,16 @@ class BEiT3Attention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        num_image_tokens: int,
+        split: BEiT3ModalitySplit,
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         output_attentions: bool = False,
-        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, seq_length, _ = hidden_states.shape
         head_shape = (batch_size, seq_length, self.num_heads, self.head_dim)
-        query = route(self.q_proj, hidden_states, num_image_tokens).view(head_shape).transpose(1, 2)
-        key = route(self.k_proj, hidden_states, num_image_tokens).view(head_shape).transpose(1, 2)
-        value = route(self.v_proj, hidden_states, num_image_tokens).view(head_shape).transpose(1, 2)
+        query = route(self.q_proj, hidden_states, split).view(head_shape).transpose(1, 2)
+        key = route(self.k_proj, hidden_states, split).view(head_shape).transpose(1, 2)
+        value = route(self.v_proj, hidden_states, split).view(head_shape).transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
 
@@ -331,11 +445,10 @@ class BEiT3Attention(nn.Module):
             is_causal=False,
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
-            **kwargs,
         )
         attn_output = attn_output.reshape(batch_size, seq_length, -1)
-        attn_output = route(self.sub_layer_norm, attn_output, num_image_tokens)
-        attn_output = route(self.out_proj, attn_output, num_image_tokens)
+        attn_output = route(self.sub_layer_norm, attn_output, split)
+        attn_output = route(self.out_proj, attn_output, split)
         return attn_output, attn_weights
 
 
@@ -389,7 +502,7 @@ class BEiT3EncoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: BEiT3Config, layer_idx: int, drop_path: float = 0.0):
         super().__init__()
         layer_norm = lambda: nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # noqa: E731
-        has_image_text_expert = layer_idx >= config.num_hidden_layers - config.num_vl_layers
+        has_image_text_expert = layer_idx >= config.num_hidden_layers - config.num_image_text_layers
         self.layer_norm1 = multiway(layer_norm, experts=config.multiway_attention)
         self.self_attn = BEiT3Attention(config, layer_idx)
         self.layer_norm2 = multiway(layer_norm, image_text=has_image_text_expert)
@@ -400,28 +513,21 @@ class BEiT3EncoderLayer(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        num_image_tokens: int,
+        split: BEiT3ModalitySplit,
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         output_attentions: bool = False,
-        joint_input: bool | None = None,
-        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         residual = hidden_states
-        hidden_states = route(self.layer_norm1, hidden_states, num_image_tokens)
+        hidden_states = route(self.layer_norm1, hidden_states, split)
         hidden_states, attn_weights = self.self_attn(
-            hidden_states,
-            num_image_tokens,
-            attention_mask=attention_mask,
-            cache=cache,
-            output_attentions=output_attentions,
-            **kwargs,
+            hidden_states, split, attention_mask=attention_mask, cache=cache, output_attentions=output_attentions
         )
         hidden_states = residual + self.drop_path(self.dropout(hidden_states))
 
         residual = hidden_states
-        hidden_states = route(self.layer_norm2, hidden_states, num_image_tokens, joint_input)
-        hidden_states = route(self.mlp, hidden_states, num_image_tokens, joint_input)
+        hidden_states = route(self.layer_norm2, hidden_states, split)
+        hidden_states = route(self.mlp, hidden_states, split)
         hidden_states = residual + self.drop_path(self.dropout(hidden_states))
         return hidden_states, attn_weights
 
@@ -435,6 +541,30 @@ class BEiT3Encoder(nn.Module):
             for layer_idx in range(config.num_hidden_layers)
         )
         self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        split: BEiT3ModalitySplit,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutput:
+        """The blocks in turn; `hidden_states` holds the embeddings and every block's output (no final norm)."""
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(
+                hidden_states, split, attention_mask=attention_mask, cache=cache, output_attentions=output_attentions
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -494,7 +624,7 @@ class BEiT3Model(BEiT3PreTrainedModel):
         self.encoder = BEiT3Encoder(config)
         if config.use_final_layer_norm:
             layer_norm = lambda: nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # noqa: E731
-            self.final_layer_norm = multiway(layer_norm, image_text=config.num_vl_layers > 0)
+            self.final_layer_norm = multiway(layer_norm, image_text=config.num_image_text_layers > 0)
         else:
             self.final_layer_norm = None
         self.post_init()
@@ -515,11 +645,9 @@ class BEiT3Model(BEiT3PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         causal_text: bool = False,
         cache: Cache | None = None,
-        num_image_tokens: int | None = None,
-        text_position_offset: int = 0,
+        num_cached_image_tokens: int | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
     ) -> BEiT3ModelOutput | tuple:
         r"""
         Args:
@@ -536,15 +664,62 @@ class BEiT3Model(BEiT3PreTrainedModel):
             causal_text (`bool`, *optional*, defaults to `False`):
                 Captioning mask: image tokens see only the image; text tokens see the image, earlier text and
                 themselves.
-            cache (`Cache`, *optional*): key/value cache (captioning generation).
-            num_image_tokens (`int`, *optional*): with a cache and no `pixel_values`, how many of the cached
-                positions are image tokens (the captioning mask needs it).
-            text_position_offset (`int`, *optional*, defaults to 0): position of the first text token (generation).
+            cache (`Cache`, *optional*): key/value cache (captioning generation). An image goes into an empty cache;
+                later calls add text only.
+            num_cached_image_tokens (`int`, *optional*, defaults to 0): with a filled `cache` and no `pixel_values`,
+                how many of the cached positions are image tokens. The rest of the cache is text, so the new text
+                continues at position `cache length - num_cached_image_tokens`.
+
+        Token ids and labels are checked against the vocabulary and the label count when they are on the CPU; on an
+        accelerator that check would wait for the device, so it is left to the data pipeline.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        self._check_input_shapes(pixel_values, input_ids, attention_mask)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        num_cached_image_tokens = self._num_cached_image_tokens(pixel_values, past_length, num_cached_image_tokens)
+
+        hidden_states = self.embeddings(
+            pixel_values,
+            input_ids,
+            attention_mask,
+            bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            text_position_offset=past_length - num_cached_image_tokens,
+        )
+        num_text_tokens = input_ids.shape[1] if input_ids is not None else 0
+        split = BEiT3ModalitySplit.of(
+            hidden_states.shape[1] - num_text_tokens, num_text_tokens, image_in_cache=num_cached_image_tokens > 0
+        )
+        mask = self._attention_mask(
+            hidden_states, attention_mask, split, num_cached_image_tokens + split.num_image_tokens, causal_text, cache
+        )
+        encoder_outputs = self.encoder(
+            hidden_states,
+            split,
+            attention_mask=mask,
+            cache=cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = encoder_outputs.last_hidden_state
+        if self.final_layer_norm is not None:
+            hidden_states = route(self.final_layer_norm, hidden_states, split)
+
+        image_states, text_states = hidden_states.split([split.num_image_tokens, split.num_text_tokens], dim=1)
+        return BEiT3ModelOutput(
+            last_hidden_state=hidden_states,
+            image_last_hidden_state=image_states if pixel_values is not None else None,
+            text_last_hidden_state=text_states if input_ids is not None else None,
+            cache=cache,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+
+    @staticmethod
+    def _check_input_shapes(pixel_values, input_ids, attention_mask):
         if pixel_values is None and input_ids is None:
             raise ValueError("BEiT3Model needs `pixel_values`, `input_ids`, or both; got neither.")
         if pixel_values is not None and pixel_values.ndim != 4:
@@ -565,83 +740,47 @@ class BEiT3Model(BEiT3PreTrainedModel):
                 f"{None if input_ids is None else tuple(input_ids.shape)}."
             )
 
-        parts = []
+    @staticmethod
+    def _num_cached_image_tokens(pixel_values, past_length: int, num_cached_image_tokens: int | None) -> int:
         if pixel_values is not None:
-            parts.append(self.embeddings.embed_image(pixel_values, bool_masked_pos, interpolate_pos_encoding))
-            num_image_tokens = parts[0].shape[1]
-        elif num_image_tokens is None:
-            num_image_tokens = 0
-        if input_ids is not None:
-            text_embeddings = self.embeddings.embed_text(input_ids, text_position_offset)
-            if attention_mask is not None:
-                # torchscale zeroes the embeddings of padding tokens (after adding positions)
-                text_embeddings = text_embeddings * attention_mask.unsqueeze(-1).to(text_embeddings.dtype)
-            parts.append(text_embeddings.to(parts[0].dtype) if parts else text_embeddings)
-        hidden_states = self.embeddings.dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
-        num_new_image_tokens = num_image_tokens if pixel_values is not None else 0
-        joint_input = input_ids is not None and num_image_tokens > 0  # also text decoded against a cached image
-
-        mask = self._attention_mask(hidden_states, attention_mask, num_new_image_tokens, num_image_tokens,
-                                    causal_text, cache)
-
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.encoder.layers:
-            hidden_states, attn_weights = layer(
-                hidden_states,
-                num_image_tokens=num_new_image_tokens,
-                attention_mask=mask,
-                cache=cache,
-                output_attentions=output_attentions,
-                joint_input=joint_input,
-                **kwargs,
+            if past_length > 0:
+                raise ValueError(
+                    f"`pixel_values` were given with a cache that already holds {past_length} positions; the image "
+                    "must come first, into an empty cache."
+                )
+            return 0
+        num_cached_image_tokens = num_cached_image_tokens or 0
+        if num_cached_image_tokens < 0:
+            raise ValueError(f"`num_cached_image_tokens` must not be negative, got {num_cached_image_tokens}.")
+        if num_cached_image_tokens > past_length:
+            raise ValueError(
+                f"`num_cached_image_tokens` ({num_cached_image_tokens}) is larger than the cache ({past_length} "
+                "positions)."
             )
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        if self.final_layer_norm is not None:
-            hidden_states = route(self.final_layer_norm, hidden_states, num_new_image_tokens, joint_input)
-
-        image_states, text_states = None, None
-        if pixel_values is not None and input_ids is not None:
-            image_states, text_states = hidden_states.split(
-                [num_new_image_tokens, hidden_states.shape[1] - num_new_image_tokens], dim=1
-            )
-        elif pixel_values is not None:
-            image_states = hidden_states
-        else:
-            text_states = hidden_states
-        return BEiT3ModelOutput(
-            last_hidden_state=hidden_states,
-            image_last_hidden_state=image_states,
-            text_last_hidden_state=text_states,
-            cache=cache,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-        )
+        return num_cached_image_tokens
 
     def _attention_mask(
         self,
         hidden_states: torch.Tensor,
         text_attention_mask: torch.Tensor | None,
-        num_new_image_tokens: int,
-        num_image_tokens: int,
+        split: BEiT3ModalitySplit,
+        num_image_positions: int,
         causal_text: bool,
         cache: Cache | None,
     ):
-        """The joint mask in the form the attention backend wants (or `None` when nothing is masked)."""
-        batch_size = hidden_states.shape[0]
-        past_length = cache.get_seq_length() if cache is not None else 0
+        """
+        The joint mask in the form the attention backend wants (or `None` when nothing is masked). Keys are the
+        cached positions, then the new ones; the first `num_image_positions` of them are image tokens.
+        """
         if text_attention_mask is None and not causal_text:
             return None
+        batch_size = hidden_states.shape[0]
         if text_attention_mask is None:
             text_attention_mask = torch.ones(
-                batch_size, hidden_states.shape[1] - num_new_image_tokens, dtype=torch.long,
-                device=hidden_states.device,
+                batch_size, split.num_text_tokens, dtype=torch.long, device=hidden_states.device
             )
-        # a 2D mask over every key: cached positions (always real), new image tokens (always real), new text
-        prefix_length = past_length + num_new_image_tokens
+        # a 2D mask over every key: cached positions and new image tokens are always real, then the new text
+        prefix_length = (cache.get_seq_length() if cache is not None else 0) + split.num_image_tokens
         prefix = torch.ones(batch_size, prefix_length, dtype=text_attention_mask.dtype, device=hidden_states.device)
         attention_mask = torch.cat([prefix, text_attention_mask], dim=1)
 
@@ -655,7 +794,7 @@ class BEiT3Model(BEiT3PreTrainedModel):
 
             def and_mask_function(batch_idx, head_idx, q_idx, kv_idx):
                 # image tokens see the image; text tokens see the image, earlier text and themselves
-                return (kv_idx < num_image_tokens) | ((q_idx >= num_image_tokens) & (kv_idx <= q_idx))
+                return (kv_idx < num_image_positions) | ((q_idx >= num_image_positions) & (kv_idx <= q_idx))
 
         return create_bidirectional_mask(
             config=self.config,
@@ -730,7 +869,6 @@ class BEiT3ForImageClassification(BEiT3PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
     ) -> ImageClassifierOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices (or float targets for
@@ -747,7 +885,10 @@ class BEiT3ForImageClassification(BEiT3PreTrainedModel):
         )
         pooled = self.fc_norm(outputs.image_last_hidden_state[:, 1:].mean(dim=1))
         logits = self.classifier(pooled)
-        loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
+        loss = None
+        if labels is not None:
+            check_class_labels(labels, logits, self.config)
+            loss = ForSequenceClassificationLoss(labels, logits, self.config)
         return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -778,7 +919,6 @@ class BEiT3ForVisualQuestionAnswering(BEiT3PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
     ) -> SequenceClassifierOutput | tuple:
         r"""
         labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*): soft answer scores in
@@ -843,7 +983,6 @@ class BEiT3ForVisualReasoning(BEiT3PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
     ) -> SequenceClassifierOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 2, num_channels, height, width)`): the image pairs.
@@ -875,7 +1014,10 @@ class BEiT3ForVisualReasoning(BEiT3PreTrainedModel):
         )  # (2 * batch, 2D)
         first, second = per_image.split([batch_size, batch_size], dim=0)
         logits = self.classifier(torch.cat([first, second], dim=-1))
-        loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
+        loss = None
+        if labels is not None:
+            check_class_labels(labels, logits, self.config)
+            loss = ForSequenceClassificationLoss(labels, logits, self.config)
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -902,21 +1044,50 @@ class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
         if module is self:
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
+    @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
-    ) -> torch.Tensor:
-        """L2-normalised image embeddings, `(batch_size, hidden_size)`."""
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The image-only pass; `pooler_output` is the L2-normalised image embedding, `(batch_size, hidden_size)`."""
         outputs = self.beit3(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
-        return F.normalize(self.image_projection(outputs.last_hidden_state[:, 0]), dim=-1)
+        return self._pooled(outputs, self.image_projection)
 
+    @can_return_tuple
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> torch.Tensor:
-        """L2-normalised text embeddings from the first (`<s>`) token, `(batch_size, hidden_size)`."""
-        outputs = self.beit3(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        return F.normalize(self.text_projection(outputs.last_hidden_state[:, 0]), dim=-1)
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The text-only pass; `pooler_output` is the L2-normalised embedding of the first (`<s>`) token."""
+        outputs = self.beit3(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        return self._pooled(outputs, self.text_projection)
+
+    @staticmethod
+    def _pooled(outputs: BEiT3ModelOutput, projection: nn.Linear) -> BaseModelOutputWithPooling:
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=F.normalize(projection(outputs.last_hidden_state[:, 0]), dim=-1),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     @can_return_tuple
     def forward(
@@ -926,17 +1097,24 @@ class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BEiT3ImageTextRetrievalOutput | tuple:
         r"""
         return_loss (`bool`, *optional*): return the symmetric contrastive loss; matching pairs share a batch index.
         """
         if pixel_values is None and input_ids is None:
             raise ValueError("BEiT3ForImageTextRetrieval needs `pixel_values`, `input_ids`, or both.")
-        image_embeds = (
-            self.get_image_features(pixel_values, interpolate_pos_encoding) if pixel_values is not None else None
+        output_kwargs = dict(
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
         )
-        text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
+        image_outputs = text_outputs = None
+        if pixel_values is not None:
+            image_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **output_kwargs)
+        if input_ids is not None:
+            text_outputs = self.get_text_features(input_ids, attention_mask, **output_kwargs)
+        image_embeds = image_outputs.pooler_output if image_outputs is not None else None
+        text_embeds = text_outputs.pooler_output if text_outputs is not None else None
 
         logits_per_image = logits_per_text = loss = None
         if image_embeds is not None and text_embeds is not None:
@@ -956,6 +1134,8 @@ class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
             logits_per_text=logits_per_text,
             image_embeds=image_embeds,
             text_embeds=text_embeds,
+            image_model_output=image_outputs,
+            text_model_output=text_outputs,
         )
 
 
@@ -1007,11 +1187,10 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
-        num_image_tokens: int | None = None,
+        num_cached_image_tokens: int | None = None,
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
     ) -> BEiT3CaptioningOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): the original token at each
@@ -1020,40 +1199,25 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         cache (`Cache`, *optional*): key/value cache. Empty, it requires `pixel_values` and is filled with the image
             and the text; holding an image (and earlier text), it takes the next text tokens without `pixel_values`.
         use_cache (`bool`, *optional*): start a new `DynamicCache` when no `cache` is given.
-        num_image_tokens (`int`, *optional*): with a filled `cache`, how many of its positions are image tokens;
-            defaults to the model's resolution (`num_patches + 1`). `generate()` passes it.
+        num_cached_image_tokens (`int`, *optional*): with a filled `cache`, how many of its positions are image
+            tokens; defaults to an image at the model's resolution (`num_patches + 1`). `generate()` passes it.
         """
         if input_ids is None:
             raise ValueError("BEiT3ForCaptioning needs `input_ids`.")
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0
-        text_position_offset = 0
-        if pixel_values is not None:
-            if past_length > 0:
-                raise ValueError(
-                    f"`pixel_values` were given with a cache that already holds {past_length} positions; the image "
-                    "must come first, into an empty cache."
-                )
-            num_image_tokens = None
-        else:
-            if past_length == 0:
+        if pixel_values is None:
+            if cache is None or cache.get_seq_length() == 0:
                 raise ValueError("BEiT3ForCaptioning needs `pixel_values`, or a `cache` that already holds the image.")
-            num_image_tokens = self.config.num_patches + 1 if num_image_tokens is None else num_image_tokens
-            # the text already in the cache comes right after the image
-            text_position_offset = past_length - num_image_tokens
-            if text_position_offset < 0:
-                raise ValueError(
-                    f"`num_image_tokens` ({num_image_tokens}) is larger than the cache ({past_length} positions)."
-                )
+            if num_cached_image_tokens is None:
+                num_cached_image_tokens = self.config.num_patches + 1
         outputs = self.beit3(
             pixel_values=pixel_values,
             input_ids=input_ids,
             attention_mask=attention_mask,
             causal_text=True,
             cache=cache,
-            num_image_tokens=num_image_tokens,
-            text_position_offset=text_position_offset,
+            num_cached_image_tokens=num_cached_image_tokens,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -1067,7 +1231,10 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
                     f"Captioning `labels` must match `input_ids` in shape {tuple(input_ids.shape)}, "
                     f"got {tuple(labels.shape)}."
                 )
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+            check_index_range("labels", labels, self.config.vocab_size, "vocab_size", ignore_index=-100)
+            # the mean over labelled positions; 0 (not NaN) for a batch in which nothing is labelled
+            total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+            loss = total / labels.ne(-100).sum().clamp(min=1)
         return BEiT3CaptioningOutput(
             loss=loss,
             logits=logits,
@@ -1140,7 +1307,7 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         if model_inputs.get("pixel_values") is None and cache is not None and cache.get_seq_length() > 0:
             # the cache holds the image and every token of `input_ids` that is not fed again
             cached_text_length = input_ids.shape[1] - new_ids.shape[1]
-            model_inputs["num_image_tokens"] = cache.get_seq_length() - cached_text_length
+            model_inputs["num_cached_image_tokens"] = cache.get_seq_length() - cached_text_length
         return model_inputs
 
     def _update_model_kwargs_for_generation(self, outputs: ModelOutput, model_kwargs: dict, *args, **kwargs) -> dict:

@@ -28,7 +28,7 @@ def count_parameters_by_group(model: nn.Module) -> dict[str, int]:
     - `shared_attention`, `image_attention`, `text_attention`: the attention half of every block (its LayerNorm,
       q/k/v/out projections and sub-LN), shared across modalities (paper) or one expert per modality (release);
     - `image_ffn`, `text_ffn`, `image_text_ffn`: the FFN half of every block (its LayerNorm and the feed-forward
-      network), per expert; `image_text_ffn` is the vision-language expert of the top `num_vl_layers` blocks;
+      network), per expert; `image_text_ffn` is the vision-language expert of the top `num_image_text_layers` blocks;
     - `embeddings`: patch, token and position embeddings, CLS and mask tokens;
     - `other`: everything else (final LayerNorm, pooler, task heads).
 

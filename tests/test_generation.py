@@ -311,4 +311,4 @@ def test_generation_input_errors():
         with pytest.raises(ValueError, match="needs `pixel_values`"):
             model(input_ids=torch.tensor([[BOS, 9]] * 2))
         with pytest.raises(ValueError, match="larger than the cache"):
-            model(input_ids=torch.tensor([[5]] * 2), cache=out.cache, num_image_tokens=100)
+            model(input_ids=torch.tensor([[5]] * 2), cache=out.cache, num_cached_image_tokens=100)

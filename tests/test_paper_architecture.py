@@ -18,8 +18,8 @@ from beit3_hf.parameter_groups import PARAMETER_GROUPS, count_parameters_by_grou
 from conftest import make_inputs, tiny_config
 from official import build_official, needs_official
 
-NUM_LAYERS, NUM_VL_LAYERS = 4, 2
-PAPER = dict(multiway_attention=False, num_vl_layers=NUM_VL_LAYERS, num_hidden_layers=NUM_LAYERS)
+NUM_LAYERS, NUM_IMAGE_TEXT_LAYERS = 4, 2
+PAPER = dict(multiway_attention=False, num_image_text_layers=NUM_IMAGE_TEXT_LAYERS, num_hidden_layers=NUM_LAYERS)
 EXPERTS = ("image", "text", "image_text")
 HEAD_CLASSES = [
     beit3_hf.BEiT3ForImageClassification,
@@ -51,7 +51,7 @@ def inputs():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def expected_groups(config, multiway_attention, num_vl_layers):
+def expected_groups(config, multiway_attention, num_image_text_layers):
     """The groups from the layer shapes alone: Linear = in*out + out, LayerNorm = 2*width."""
     hidden, ffn, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
 
@@ -71,35 +71,35 @@ def expected_groups(config, multiway_attention, num_vl_layers):
         + (num_patches + 1) * hidden  # image positions
         + config.vocab_size * hidden + config.max_text_positions * hidden  # tokens and text positions
     )
-    final_layer_norm_experts = 3 if num_vl_layers else 2
+    final_layer_norm_experts = 3 if num_image_text_layers else 2
     return {
         "shared_attention": 0 if multiway_attention else layers * attention,
         "image_attention": layers * attention if multiway_attention else 0,
         "text_attention": layers * attention if multiway_attention else 0,
         "image_ffn": layers * ffn_expert,
         "text_ffn": layers * ffn_expert,
-        "image_text_ffn": num_vl_layers * ffn_expert,
+        "image_text_ffn": num_image_text_layers * ffn_expert,
         "embeddings": embeddings,
         "other": final_layer_norm_experts * layer_norm(hidden),
     }
 
 
 @pytest.mark.parametrize(
-    "multiway_attention, num_vl_layers", [(True, 0), (False, NUM_VL_LAYERS), (False, 0), (True, 1)]
+    "multiway_attention, num_image_text_layers", [(True, 0), (False, NUM_IMAGE_TEXT_LAYERS), (False, 0), (True, 1)]
 )
-def test_parameter_groups_match_the_formula(multiway_attention, num_vl_layers):
-    config = paper_config(multiway_attention=multiway_attention, num_vl_layers=num_vl_layers)
+def test_parameter_groups_match_the_formula(multiway_attention, num_image_text_layers):
+    config = paper_config(multiway_attention=multiway_attention, num_image_text_layers=num_image_text_layers)
     model = beit3_hf.BEiT3Model(config)
     counts = count_parameters_by_group(model)
     assert tuple(counts) == PARAMETER_GROUPS
-    assert counts == expected_groups(config, multiway_attention, num_vl_layers)
+    assert counts == expected_groups(config, multiway_attention, num_image_text_layers)
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
 
 
 def test_parameter_groups_put_heads_in_other():
     model = paper_model(beit3_hf.BEiT3ForVisualQuestionAnswering)
     counts = count_parameters_by_group(model)
-    backbone = expected_groups(model.config, False, NUM_VL_LAYERS)
+    backbone = expected_groups(model.config, False, NUM_IMAGE_TEXT_LAYERS)
     head_parameters = sum(p.numel() for p in model.pooler.parameters()) + sum(
         p.numel() for p in model.classifier.parameters()
     )
@@ -112,7 +112,7 @@ def test_giant_preset_builds_on_meta_and_has_the_paper_sizes():
     config = beit3_hf.BEiT3Config.from_preset("giant")
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (40, 1408, 6144)
     assert (config.num_attention_heads, config.patch_size) == (16, 14)
-    assert config.multiway_attention is False and config.num_vl_layers == 3
+    assert config.multiway_attention is False and config.num_image_text_layers == 3
 
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with torch.device("meta"):
@@ -142,7 +142,7 @@ def test_giant_preset_builds_on_meta_and_has_the_paper_sizes():
 
 def test_released_setting_is_the_default_and_has_no_shared_or_vl_modules():
     config = beit3_hf.BEiT3Config()
-    assert config.multiway_attention is True and config.num_vl_layers == 0
+    assert config.multiway_attention is True and config.num_image_text_layers == 0
     keys = beit3_hf.BEiT3Model(tiny_config()).state_dict().keys()
     assert "encoder.layers.0.self_attn.q_proj.image.weight" in keys
     assert "encoder.layers.0.layer_norm1.text.weight" in keys
@@ -160,7 +160,7 @@ def test_paper_layout_keys_and_plain_modules():
             assert prefix + f"self_attn.{name}.weight" in keys
         assert type(layer.layer_norm1) is torch.nn.LayerNorm
         assert type(layer.self_attn.sub_layer_norm) is torch.nn.LayerNorm
-        is_top = layer_idx >= NUM_LAYERS - NUM_VL_LAYERS
+        is_top = layer_idx >= NUM_LAYERS - NUM_IMAGE_TEXT_LAYERS
         assert (prefix + "mlp.image_text.fc1.weight" in keys) == is_top
         assert (prefix + "layer_norm2.image_text.weight" in keys) == is_top
         for expert in EXPERTS[: 3 if is_top else 2]:
@@ -186,10 +186,10 @@ def spy_on_experts(model):
 
 def expected_calls(kind, num_image_tokens, text_length):
     """The paper's rule: image-only -> image experts, text-only -> text experts, image-text -> modality experts
-    below the top `NUM_VL_LAYERS` blocks and the VL expert for every token in them (and in the final LayerNorm)."""
+    below the top `NUM_IMAGE_TEXT_LAYERS` blocks and the VL expert for every token in them (and in the final LayerNorm)."""
     calls = []
     for layer_idx in range(NUM_LAYERS):
-        is_top = layer_idx >= NUM_LAYERS - NUM_VL_LAYERS
+        is_top = layer_idx >= NUM_LAYERS - NUM_IMAGE_TEXT_LAYERS
         if kind == "image":
             calls.append((f"layer{layer_idx}", "image", num_image_tokens))
         elif kind == "text":
@@ -249,8 +249,8 @@ def test_cached_text_decoding_keeps_using_the_vl_expert(inputs):
         cache = DynamicCache(config=model.config)
         first = model(pixel_values=pixel_values, input_ids=input_ids[:, :3], causal_text=True, cache=cache)
         num_image_tokens = first.image_last_hidden_state.shape[1]
-        rest = model(input_ids=input_ids[:, 3:], causal_text=True, cache=cache, num_image_tokens=num_image_tokens,
-                     text_position_offset=3)
+        rest = model(input_ids=input_ids[:, 3:], causal_text=True, cache=cache,
+                     num_cached_image_tokens=num_image_tokens)
     torch.testing.assert_close(torch.cat([first.last_hidden_state, rest.last_hidden_state], dim=1), full)
 
 
@@ -342,7 +342,7 @@ def test_save_load_round_trip(tmp_path, inputs):
     model.save_pretrained(tmp_path)
     loaded, info = beit3_hf.BEiT3ForVisualQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info.values()), info
-    assert loaded.config.multiway_attention is False and loaded.config.num_vl_layers == NUM_VL_LAYERS
+    assert loaded.config.multiway_attention is False and loaded.config.num_image_text_layers == NUM_IMAGE_TEXT_LAYERS
     assert loaded.state_dict().keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -405,10 +405,10 @@ def test_lora_on_the_vl_expert(inputs):
     model = paper_model(beit3_hf.BEiT3ForVisualQuestionAnswering)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["mlp.image_text.fc1"]))
     adapted = sorted(name for name, module in peft_model.named_modules() if hasattr(module, "lora_A"))
-    assert len(adapted) == NUM_VL_LAYERS
+    assert len(adapted) == NUM_IMAGE_TEXT_LAYERS
     assert all(".mlp.image_text.fc1" in name for name in adapted)
     grads = lora_grads(peft_model, pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
-    assert len(grads) == NUM_VL_LAYERS
+    assert len(grads) == NUM_IMAGE_TEXT_LAYERS
 
 
 def test_8bit_loading_of_the_paper_layout(tmp_path, inputs):
@@ -443,17 +443,17 @@ def test_converted_release_checkpoints_keep_the_decoupled_layout(tmp_path):
     torch.save({"model": build_official("vqa").state_dict()}, checkpoint)
     convert_main([str(checkpoint), str(tmp_path / "converted"), "--num-attention-heads", "4"])
     converted = beit3_hf.BEiT3ForVisualQuestionAnswering.from_pretrained(tmp_path / "converted")
-    assert converted.config.multiway_attention is True and converted.config.num_vl_layers == 0
+    assert converted.config.multiway_attention is True and converted.config.num_image_text_layers == 0
     counts = count_parameters_by_group(converted)
     assert counts["shared_attention"] == counts["image_text_ffn"] == 0
     assert counts["image_attention"] == counts["text_attention"] > 0
 
 
 def test_config_fields_round_trip_and_validate():
-    config = beit3_hf.BEiT3Config.from_preset("giant", num_vl_layers=5)
+    config = beit3_hf.BEiT3Config.from_preset("giant", num_image_text_layers=5)
     restored = beit3_hf.BEiT3Config.from_dict(config.to_dict())
-    assert restored.multiway_attention is False and restored.num_vl_layers == 5
-    with pytest.raises(ValueError, match="num_vl_layers"):
-        tiny_config(num_vl_layers=3)  # more than the 2 tiny layers
-    with pytest.raises(ValueError, match="num_vl_layers"):
-        tiny_config(num_vl_layers=-1)
+    assert restored.multiway_attention is False and restored.num_image_text_layers == 5
+    with pytest.raises(ValueError, match="num_image_text_layers"):
+        tiny_config(num_image_text_layers=3)  # more than the 2 tiny layers
+    with pytest.raises(ValueError, match="num_image_text_layers"):
+        tiny_config(num_image_text_layers=-1)

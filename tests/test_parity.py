@@ -133,8 +133,8 @@ def test_image_text_retrieval(tmp_path, inputs, attn_implementation):
     close(ours.logits_per_image, official.logit_scale.exp() * image_embeds @ text_embeds.t())
     close(ours.logits_per_text, ours.logits_per_image.t())
     close(ours.loss, expected_loss)
-    close(model.get_image_features(pixel_values), image_embeds)
-    close(model.get_text_features(input_ids, attention_mask), text_embeds)
+    close(model.get_image_features(pixel_values).pooler_output, image_embeds)
+    close(model.get_text_features(input_ids, attention_mask).pooler_output, text_embeds)
 
 
 @pytest.mark.parametrize("attn_implementation", IMPLEMENTATIONS)
