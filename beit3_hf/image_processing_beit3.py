@@ -17,21 +17,11 @@ When torchvision is installed, `BEiT3ImageProcessorTorchvision` (the "torchvisio
 does the same on tensors, optionally on a GPU; its bicubic kernel differs slightly from PIL's (up to a few 1/255 per
 pixel), so use the PIL class (`backend="pil"`) for bit-exact parity with the original code.
 
-Accepted inputs (for both classes):
-
-- `PIL.Image.Image` of any mode, converted as the original loader does (`img.convert("RGB")`; alpha is dropped,
-  not composited). High-bit-depth modes, which `convert` would clip, are rescaled instead: `I;16*` and `I` are
-  16-bit (`0..65535` → `0..255`; values outside that range raise), `F` is float in `[0, 1]` like float arrays;
-- `numpy.ndarray` / `torch.Tensor` of shape `(H, W)`, `(H, W, C)` or `(C, H, W)` with `C` in {1, 3, 4} (1 is
-  grey, 4 is RGBA whose alpha is dropped), or a batch `(B, ...)` of those. The channel axis is taken to be the last
-  one for arrays and the first one for tensors when both would fit; pass `input_data_format` to override.
-  dtypes: `uint8`; `bool` (`True` = 255); `uint16` (16-bit, scaled by 255/65535); other integers must lie in
-  `[0, 255]`; floats must be finite and lie in `[0, 1]` (a tolerance of 1e-3 is clipped) and are quantized to
-  8 bits (`round(x * 255)`) before resizing, exactly as for uint8 input;
-- a local path or URL string (loaded with `transformers.image_utils.load_image`, which also applies the EXIF
-  orientation; PIL images are used as given, like the original loader);
-- one image, a list of images, or a list of equally long lists of images (e.g. NLVR2 pairs), giving `pixel_values`
-  of shape `(B, 3, S, S)` or `(B, K, 3, S, S)`. Images of different sizes can be mixed.
+Accepted inputs (for both classes; the conversion rules are in `beit3_hf.image_inputs`): PIL images of any mode,
+NumPy arrays and torch tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`, `C` in {1, 3, 4}, uint8/bool/16-bit/integer/
+float pixels, or a batch `(B, ...)` of those), and local paths or URLs. Pass one image, a list of images, or a list
+of equally long lists of images (e.g. NLVR2 pairs), giving `pixel_values` of shape `(B, 3, S, S)` or
+`(B, K, 3, S, S)`; images of different sizes can be mixed.
 
 Bad input raises `ValueError` naming the offending value: `None`, an empty list, an empty (zero-size) image,
 unsupported objects, a channel count other than 1/3/4, NaN or infinite values, or out-of-range values. A 1x1 image
@@ -42,20 +32,34 @@ still applies when a file is opened from a path.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, load_image
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 from transformers.utils import TensorType, is_torch_available, is_torchvision_available, logging
 
+from .image_inputs import make_batch_structure, to_rgb_uint8
 from .processor_presets import image_processor_kwargs
 
 if is_torch_available():
     import torch
+
+if is_torchvision_available():
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvF
+    from transformers.image_processing_backends import TorchvisionBackend
+
+    _PIL_TO_TORCHVISION = {
+        PILImageResampling.NEAREST: InterpolationMode.NEAREST_EXACT,
+        PILImageResampling.BILINEAR: InterpolationMode.BILINEAR,
+        PILImageResampling.BICUBIC: InterpolationMode.BICUBIC,
+        PILImageResampling.BOX: InterpolationMode.BOX,
+        PILImageResampling.HAMMING: InterpolationMode.HAMMING,
+        PILImageResampling.LANCZOS: InterpolationMode.LANCZOS,
+    }
 
 logger = logging.get_logger(__name__)
 
@@ -66,222 +70,6 @@ __all__ = [
     "make_batch_structure",
     "to_rgb_uint8",
 ]
-
-_VALID_CHANNELS = (1, 3, 4)
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-# Float inputs a hair outside [0, 1] (e.g. from earlier float arithmetic) are clipped rather than rejected.
-_FLOAT_TOLERANCE = 1e-3
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Input validation and conversion to (H, W, 3) uint8
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _describe(value: Any, limit: int = 80) -> str:
-    """A short description of `value` for error messages."""
-    if isinstance(value, np.ndarray) or (is_torch_available() and isinstance(value, torch.Tensor)):
-        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
-    if isinstance(value, Image.Image):
-        return f"PIL image of mode {value.mode!r} and size {value.size}"
-    text = repr(value)
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-def _is_image_like(value: Any) -> bool:
-    return isinstance(value, (Image.Image, np.ndarray, str, os.PathLike)) or (
-        is_torch_available() and isinstance(value, torch.Tensor)
-    )
-
-
-def _float_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
-    if array.dtype != np.float32 and array.dtype != np.float64:
-        array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        kind = "NaN" if np.isnan(array).any() else "infinite"
-        raise ValueError(f"The {what} contains {kind} values; float images must be finite and lie in [0, 1].")
-    low, high = float(array.min()), float(array.max())
-    if low < -_FLOAT_TOLERANCE or high > 1 + _FLOAT_TOLERANCE:
-        raise ValueError(
-            f"The {what} has values in [{low:g}, {high:g}], but float images must lie in [0, 1] (divide 0-255 "
-            "data by 255, or pass it as uint8)."
-        )
-    return np.clip(np.rint(array * 255), 0, 255).astype(np.uint8)
-
-
-def _sixteen_bit_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
-    array = array.astype(np.int64)
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high > 65535:
-        raise ValueError(f"The 16-bit {what} has values in [{low}, {high}], outside [0, 65535].")
-    # round(v * 255 / 65535) = round(v / 257)
-    return ((array + 128) // 257).astype(np.uint8)
-
-
-def _values_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
-    """Converts pixel values of any supported dtype to uint8 (see the module docstring for the rules)."""
-    kind = array.dtype.kind
-    if array.dtype == np.uint8:
-        return array
-    if kind == "b":
-        return array.astype(np.uint8) * np.uint8(255)
-    if kind == "u" and array.dtype.itemsize == 2:
-        return _sixteen_bit_to_uint8(array, what)
-    if kind in "iu":
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"The {what} ({array.dtype}) has values in [{low}, {high}]; integer images must lie in [0, 255] "
-                "(uint16 images are read as 16-bit)."
-            )
-        return array.astype(np.uint8)
-    if kind == "f":
-        return _float_to_uint8(array, what)
-    raise ValueError(f"The {what} has unsupported dtype {array.dtype}; use uint8, bool, integer or float pixels.")
-
-
-def _array_to_rgb(array: np.ndarray, input_data_format, prefer_channels_first: bool, what: str) -> np.ndarray:
-    """(H, W), (H, W, C) or (C, H, W) pixels of any supported dtype → contiguous (H, W, 3) uint8.
-
-    Without `input_data_format`, the channel axis is the first or last one whose length is 1, 3 or 4; when both
-    fit, `prefer_channels_first` decides (True for torch tensors, False for NumPy arrays).
-    """
-    if array.ndim == 2:
-        array = array[:, :, None]
-    elif array.ndim == 3:
-        if input_data_format is not None:
-            channels_first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
-        else:
-            first_fits, last_fits = array.shape[0] in _VALID_CHANNELS, array.shape[-1] in _VALID_CHANNELS
-            if not (first_fits or last_fits):
-                raise ValueError(
-                    f"Cannot find the channel axis of the {what}: images need 1 (grey), 3 (RGB) or 4 (RGBA) channels "
-                    "in their first or last dimension."
-                )
-            channels_first = first_fits if prefer_channels_first else not last_fits
-        if channels_first:
-            array = np.moveaxis(array, 0, -1)
-    else:
-        raise ValueError(f"The {what} should have 2 or 3 dimensions ((H, W), (H, W, C) or (C, H, W)).")
-    height, width, channels = array.shape
-    if height == 0 or width == 0:
-        raise ValueError(f"The {what} is empty (height {height}, width {width}).")
-    if channels not in _VALID_CHANNELS:
-        raise ValueError(f"The {what} has {channels} channels; images need 1 (grey), 3 (RGB) or 4 (RGBA).")
-    array = _values_to_uint8(array, what)  # validates every value, alpha included
-    if channels == 4:  # RGBA: drop alpha, as PIL's convert("RGB") does
-        array = array[:, :, :3]
-    if channels == 1:
-        array = np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array)
-
-
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """PIL image of any mode → (H, W, 3) uint8, as `img.convert("RGB")` but without clipping high bit depths."""
-    what = _describe(image)
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ValueError(f"The {what} is empty.")
-    mode = image.mode
-    if mode == "RGB":
-        return np.array(image)
-    if mode in _SIXTEEN_BIT_MODES:
-        return _array_to_rgb(_sixteen_bit_to_uint8(np.asarray(image), what), None, False, what)
-    if mode == "F":
-        return _array_to_rgb(_float_to_uint8(np.asarray(image), what), None, False, what)
-    try:
-        return np.array(image.convert("RGB"))
-    except ValueError:
-        # Modes PIL cannot convert directly (e.g. "La"): drop the alpha band and go through the array path.
-        array = np.asarray(image)
-        if array.ndim == 3 and mode[-1] in "Aa":
-            array = array[:, :, :-1]
-        return _array_to_rgb(array, None, False, what)
-
-
-def to_rgb_uint8(image: Any, input_data_format: str | ChannelDimension | None = None) -> np.ndarray:
-    """Converts one image (PIL, NumPy, torch, path or URL) to a contiguous `(H, W, 3)` uint8 array.
-
-    See the module docstring for the accepted modes, dtypes and layouts.
-
-    Raises:
-        ValueError: the input is not a supported, non-empty, finite image with 1, 3 or 4 channels.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        image = load_image(os.fspath(image))
-    if isinstance(image, Image.Image):
-        return _pil_to_rgb(image)
-    if isinstance(image, np.ndarray):
-        return _array_to_rgb(image, input_data_format, False, _describe(image))
-    if is_torch_available() and isinstance(image, torch.Tensor):
-        what = _describe(image)
-        tensor = image.detach().cpu()
-        if tensor.dtype in (torch.bfloat16, torch.float16):
-            tensor = tensor.float()
-        elif tensor.is_complex():
-            raise ValueError(f"The {what} has unsupported dtype {tensor.dtype}.")
-        return _array_to_rgb(tensor.numpy(), input_data_format, True, what)
-    raise ValueError(
-        f"Unsupported image {_describe(image)}; expected a PIL.Image.Image, numpy.ndarray, torch.Tensor, or a path "
-        "or URL string."
-    )
-
-
-def make_batch_structure(images: Any) -> list:
-    """Validates the nesting of `images` and returns a flat list of images or a list of equally long lists.
-
-    A 4-dimensional array or tensor is a batch of images. Raises `ValueError` for `None`, empty lists, ragged or mixed
-    nesting and objects that are not images.
-    """
-    if images is None:
-        raise ValueError("`images` is None; pass an image, a list of images or a list of image pairs.")
-    if isinstance(images, np.ndarray) or (is_torch_available() and isinstance(images, torch.Tensor)):
-        if images.ndim == 4:
-            if images.shape[0] == 0:
-                raise ValueError(f"Got an empty batch of images ({_describe(images)}).")
-            return list(images)
-        if images.ndim in (2, 3):
-            return [images]
-        raise ValueError(f"Expected an image or a batch of images with 2 to 4 dimensions, got {_describe(images)}.")
-    if _is_image_like(images):
-        return [images]
-    if not isinstance(images, (list, tuple)):
-        raise ValueError(
-            f"Unsupported image {_describe(images)}; expected a PIL.Image.Image, numpy.ndarray, torch.Tensor, a path "
-            "or URL string, or a list of those."
-        )
-    if len(images) == 0:
-        raise ValueError("`images` is an empty list.")
-    nested = [isinstance(item, (list, tuple)) for item in images]
-    if not any(nested):
-        for item in images:
-            _check_single_image(item)
-        return list(images)
-    if not all(nested):
-        raise ValueError("`images` mixes single images and lists of images; use one nesting level throughout.")
-    group_sizes = {len(group) for group in images}
-    if 0 in group_sizes:
-        raise ValueError("`images` contains an empty list of images.")
-    if len(group_sizes) > 1:
-        raise ValueError(
-            f"Every example must have the same number of images (e.g. 2 for NLVR2); got sizes {sorted(group_sizes)}."
-        )
-    for group in images:
-        for item in group:
-            _check_single_image(item)
-    return [list(group) for group in images]
-
-
-def _check_single_image(item: Any) -> None:
-    if not _is_image_like(item):
-        raise ValueError(
-            f"Unsupported image {_describe(item)}; expected a PIL.Image.Image, numpy.ndarray, torch.Tensor, or a path "
-            "or URL string."
-        )
-    if isinstance(item, np.ndarray) or (is_torch_available() and isinstance(item, torch.Tensor)):
-        if item.ndim not in (2, 3):
-            raise ValueError(f"An image inside a list should have 2 or 3 dimensions, got {_describe(item)}.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -336,13 +124,28 @@ def _resample_to_pil(resample) -> PILImageResampling:
     raise ValueError(f"Unsupported `resample` {resample!r}; use a PIL.Image.Resampling value.")
 
 
+def _per_channel(values, channels: int, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float32).reshape(-1)
+    if array.size == 1:
+        array = np.repeat(array, channels)
+    if array.size != channels:
+        raise ValueError(f"{name} has {array.size} values for {channels} channels: {values!r}.")
+    return array.reshape(channels, 1, 1)
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# Shared class-level behaviour
+# The pipeline, written once over backend primitives
 # --------------------------------------------------------------------------------------------------------------------
 
 
 class _BEiT3ImageProcessingMixin:
-    """Defaults, presets and input handling shared by the PIL and torchvision BEiT-3 image processors."""
+    """Defaults, presets and the preprocessing pipeline shared by the PIL and torchvision BEiT-3 image processors.
+
+    The pipeline (convert → resize → centre crop → rescale → normalize → stack) is written here once, with the
+    geometry and arithmetic of the original transforms. A backend only supplies the array primitives it is made of,
+    for NumPy arrays or torch tensors: `_from_rgb`, `_resize_to`, `_pad`, `_cast`, `_like`, `_stack`,
+    `_channels_last` and `_contiguous`.
+    """
 
     model_input_names = ["pixel_values"]
     # The vision-language preset at 224 (`from_preset("vl", size=224)`).
@@ -379,32 +182,103 @@ class _BEiT3ImageProcessingMixin:
     def _prepare_images_structure(self, images, expected_ndims: int = 3):
         return make_batch_structure(images)
 
-    @staticmethod
-    def _check_unsupported(do_pad=None) -> None:
+    def process_image(
+        self,
+        image: Any,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        device=None,
+        **kwargs,
+    ):
+        """One raw image → `(3, H, W)` uint8 in the backend's format (validated, RGB; on `device` for tensors)."""
+        return self._from_rgb(to_rgb_uint8(image, input_data_format, do_convert_rgb=do_convert_rgb), device)
+
+    def resize(self, image, size: SizeDict, resample=None, **kwargs):
+        """Resizes a `(3, H, W)` uint8 image to the output size of torchvision's `Resize` (a no-op if it has it)."""
+        height, width = image.shape[-2:]
+        new_height, new_width = get_resize_output_size(height, width, size)
+        if (new_height, new_width) == (height, width):
+            return image
+        return self._resize_to(image, new_height, new_width, _resample_to_pil(resample))
+
+    def center_crop(self, image, size: SizeDict, **kwargs):
+        """Centre-crops a `(C, H, W)` image with torchvision's offsets (`int(round((H - h) / 2))`), zero padding first
+        if the image is smaller than the crop."""
+        crop_height, crop_width = _check_crop_size(size)
+        height, width = image.shape[-2:]
+        padding, (top, left) = get_center_crop_box(height, width, crop_height, crop_width)
+        if any(padding):
+            image = self._pad(image, *padding)
+        return image[..., top : top + crop_height, left : left + crop_width]
+
+    def rescale(self, image, scale: float, **kwargs):
+        """`image * scale` as float32. The product is formed in float64 and rounded once, which for uint8 input and
+        `scale = 1/255` equals torchvision's float32 `x / 255` bit for bit."""
+        return self._cast(self._cast(image, "float64") * scale, "float32")
+
+    def normalize(self, image, mean, std, **kwargs):
+        """`(image - mean) / std` per channel, in float32 like torchvision's `Normalize`."""
+        channels = image.shape[-3]
+        mean = _per_channel(mean, channels, "image_mean")
+        std = _per_channel(std, channels, "image_std")
+        if (std == 0).any():
+            raise ValueError(f"image_std must not contain zeros, got {std.ravel().tolist()}.")
+        return (self._cast(image, "float32") - self._like(mean, image)) / self._like(std, image)
+
+    def _stack_same_shape(self, images: list, error: str):
+        shapes = {tuple(image.shape) for image in images}
+        if len(shapes) > 1:
+            raise ValueError(error.format(shapes=sorted(shapes)))
+        return self._stack(images)
+
+    def _preprocess(
+        self,
+        images: list,
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        do_pad: bool | None = None,
+        return_tensors: str | TensorType | None = None,
+        data_format: str | ChannelDimension | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Resize → centre crop → rescale → normalize each image; stacks K-image groups to `(K, 3, H, W)`."""
         if do_pad:
             raise ValueError("BEiT-3 images are resized to a fixed size; `do_pad=True` is not supported.")
 
-    @staticmethod
-    def _rgb(image, do_convert_rgb, input_data_format) -> np.ndarray:
-        if do_convert_rgb is False and isinstance(image, Image.Image) and image.mode != "RGB":
-            raise ValueError(
-                f"`do_convert_rgb=False` but got a {_describe(image)}; BEiT-3 needs RGB input, so leave "
-                "`do_convert_rgb` on or convert the image first."
-            )
-        return to_rgb_uint8(image, input_data_format=input_data_format)
+        def process_one(image):
+            if do_resize:
+                image = self.resize(image, size, resample)
+            if do_center_crop:
+                image = self.center_crop(image, crop_size)
+            if do_rescale:
+                image = self.rescale(image, rescale_factor)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            return self._contiguous(self._cast(image, "float32"))
 
-    @staticmethod
-    def _finalize(processed: list, return_tensors, data_format) -> BatchFeature:
+        def process_example(item):
+            if not isinstance(item, list):
+                return process_one(item)
+            group = [process_one(image) for image in item]
+            return self._stack_same_shape(group, "The images of one example have different output shapes {shapes}.")
+
+        processed = [process_example(item) for item in images]
         if data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST:
-            processed = [np.moveaxis(np.asarray(item), -3, -1) for item in processed]
+            processed = [self._channels_last(item) for item in processed]
         if return_tensors is not None:
-            shapes = {tuple(item.shape) for item in processed}
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"Cannot stack images of different output shapes {sorted(shapes)} into one tensor; keep "
-                    "`do_resize=True` (or `do_center_crop=True`), or use `return_tensors=None`."
-                )
-            processed = np.stack(processed) if isinstance(processed[0], np.ndarray) else torch.stack(processed)
+            processed = self._stack_same_shape(
+                processed,
+                "Cannot stack images of different output shapes {shapes} into one tensor; keep `do_resize=True` (or "
+                "`do_center_crop=True`), or use `return_tensors=None`.",
+            )
         return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
 
 
@@ -441,160 +315,78 @@ class BEiT3ImageProcessor(_BEiT3ImageProcessingMixin, PilBackend):
     NLVR2 pairs), as float32. See the module docstring for accepted inputs and errors.
     """
 
-    def process_image(
-        self,
-        image: Any,
-        do_convert_rgb: bool | None = None,
-        input_data_format: str | ChannelDimension | None = None,
-        **kwargs,
-    ) -> np.ndarray:
-        """One raw image → `(3, H, W)` uint8 array (validated, RGB)."""
-        return self._rgb(image, do_convert_rgb, input_data_format).transpose(2, 0, 1)
+    # NumPy primitives of the pipeline; images are (C, H, W) arrays, uint8 until rescaled.
 
-    def resize(self, image: np.ndarray, size: SizeDict, resample=None, **kwargs) -> np.ndarray:
-        """Resizes a `(3, H, W)` uint8 array with PIL, as torchvision's `Resize` does on PIL images."""
-        height, width = image.shape[-2:]
-        new_height, new_width = get_resize_output_size(height, width, size)
-        if (new_height, new_width) == (height, width):
-            return image
-        pil_image = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
-        resized = pil_image.resize((new_width, new_height), resample=_resample_to_pil(resample))
+    def _from_rgb(self, rgb: np.ndarray, device=None) -> np.ndarray:
+        return rgb.transpose(2, 0, 1)
+
+    def _resize_to(self, image: np.ndarray, height: int, width: int, resample: PILImageResampling) -> np.ndarray:
+        """PIL resizing, as torchvision's `Resize` does on PIL images."""
+        resized = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).resize((width, height), resample)
         return np.asarray(resized).transpose(2, 0, 1)
 
-    def center_crop(self, image: np.ndarray, size: SizeDict, **kwargs) -> np.ndarray:
-        """Centre-crops a `(C, H, W)` array with torchvision's offsets (`int(round((H - h) / 2))`)."""
-        crop_height, crop_width = _check_crop_size(size)
-        height, width = image.shape[-2:]
-        (pad_top, pad_bottom, pad_left, pad_right), (top, left) = get_center_crop_box(
-            height, width, crop_height, crop_width
-        )
-        if pad_top or pad_bottom or pad_left or pad_right:
-            image = np.pad(image, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right)))
-        return image[:, top : top + crop_height, left : left + crop_width]
+    def _pad(self, image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        return np.pad(image, [(0, 0)] * (image.ndim - 2) + [(top, bottom), (left, right)])
 
-    def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
-        """`image * scale` as float32. The product is formed in float64 and rounded once, which for uint8 input and
-        `scale = 1/255` equals torchvision's float32 `x / 255` bit for bit."""
-        return np.multiply(image, scale, dtype=np.float64).astype(np.float32)
+    def _cast(self, image: np.ndarray, dtype: str) -> np.ndarray:
+        return image.astype(dtype, copy=False)
 
-    def normalize(self, image: np.ndarray, mean, std, **kwargs) -> np.ndarray:
-        """`(image - mean) / std` per channel, in float32 like torchvision's `Normalize`."""
-        channels = image.shape[0]
-        mean = _per_channel(mean, channels, "image_mean")
-        std = _per_channel(std, channels, "image_std")
-        if (std == 0).any():
-            raise ValueError(f"image_std must not contain zeros, got {std.ravel().tolist()}.")
-        image = image.astype(np.float32, copy=False)
-        return (image - mean) / std
+    def _like(self, values: np.ndarray, image: np.ndarray) -> np.ndarray:
+        return values
 
-    def _process_one(
-        self,
-        image: np.ndarray,
-        *,
-        do_resize,
-        size,
-        resample,
-        do_center_crop,
-        crop_size,
-        do_rescale,
-        rescale_factor,
-        do_normalize,
-        image_mean,
-        image_std,
-    ) -> np.ndarray:
-        if do_resize:
-            image = self.resize(image, size=size, resample=resample)
-        if do_center_crop:
-            image = self.center_crop(image, crop_size)
-        if do_rescale:
-            image = self.rescale(image, rescale_factor)
-        if do_normalize:
-            image = self.normalize(image, image_mean, image_std)
-        if image.dtype != np.float32:
-            image = image.astype(np.float32)
+    def _stack(self, images: list) -> np.ndarray:
+        return np.stack(images)
+
+    def _channels_last(self, image: np.ndarray) -> np.ndarray:
+        return np.moveaxis(image, -3, -1)
+
+    def _contiguous(self, image: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(image)
-
-    def _preprocess(
-        self,
-        images: list,
-        do_resize: bool,
-        size: SizeDict,
-        resample,
-        do_center_crop: bool,
-        crop_size: SizeDict,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean,
-        image_std,
-        do_pad: bool | None = None,
-        return_tensors: str | TensorType | None = None,
-        data_format: str | ChannelDimension | None = None,
-        **kwargs,
-    ) -> BatchFeature:
-        """Resize → centre crop → rescale → normalize each image; stacks K-image groups to `(K, 3, H, W)`."""
-        self._check_unsupported(do_pad=do_pad)
-        settings = dict(
-            do_resize=do_resize,
-            size=size,
-            resample=resample,
-            do_center_crop=do_center_crop,
-            crop_size=crop_size,
-            do_rescale=do_rescale,
-            rescale_factor=rescale_factor,
-            do_normalize=do_normalize,
-            image_mean=image_mean,
-            image_std=image_std,
-        )
-        processed = process_examples(images, lambda image: self._process_one(image, **settings), np.stack)
-        return self._finalize(processed, return_tensors, data_format)
-
-
-def process_examples(images: list, process_one, stack) -> list:
-    """Processes every example: a single image, or a list of images (NLVR2 pairs) stacked to `(K, 3, H, W)`."""
-    processed = []
-    for item in images:
-        if isinstance(item, list):
-            group = [process_one(image) for image in item]
-            shapes = {tuple(image.shape) for image in group}
-            if len(shapes) > 1:
-                raise ValueError(f"The images of one example have different output shapes {sorted(shapes)}.")
-            processed.append(stack(group))
-        else:
-            processed.append(process_one(item))
-    return processed
-
-
-def _per_channel(values, channels: int, name: str) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float32).reshape(-1)
-    if array.size == 1:
-        array = np.repeat(array, channels)
-    if array.size != channels:
-        raise ValueError(f"{name} has {array.size} values for {channels} channels: {values!r}.")
-    return array.reshape(channels, 1, 1)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Optional torchvision backend
 # --------------------------------------------------------------------------------------------------------------------
 
+
+class _TensorPrimitives:
+    """Torch primitives of the pipeline; images are (C, H, W) tensors, uint8 until rescaled.
+
+    Only `_resize_to` needs torchvision, so the rest is defined (and tested) without it.
+    """
+
+    def _from_rgb(self, rgb: np.ndarray, device=None) -> torch.Tensor:
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1)
+        return tensor.to(device) if device is not None else tensor
+
+    def _resize_to(self, image: torch.Tensor, height: int, width: int, resample: PILImageResampling) -> torch.Tensor:
+        interpolation = _PIL_TO_TORCHVISION.get(resample, InterpolationMode.BICUBIC)
+        return tvF.resize(image, [height, width], interpolation=interpolation, antialias=True)
+
+    def _pad(self, image: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+        return torch.nn.functional.pad(image, (left, right, top, bottom))
+
+    def _cast(self, image: torch.Tensor, dtype: str) -> torch.Tensor:
+        return image.to(getattr(torch, dtype))
+
+    def _like(self, values: np.ndarray, image: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(values).to(image.device)
+
+    def _stack(self, images: list) -> torch.Tensor:
+        return torch.stack(images)
+
+    def _channels_last(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.movedim(image, -3, -1)
+
+    def _contiguous(self, image: torch.Tensor) -> torch.Tensor:
+        return image.contiguous()
+
+
 BEiT3ImageProcessorTorchvision = None
 
 if is_torchvision_available():
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as tvF
-    from transformers.image_processing_backends import TorchvisionBackend
 
-    _PIL_TO_TORCHVISION = {
-        PILImageResampling.NEAREST: InterpolationMode.NEAREST_EXACT,
-        PILImageResampling.BILINEAR: InterpolationMode.BILINEAR,
-        PILImageResampling.BICUBIC: InterpolationMode.BICUBIC,
-        PILImageResampling.BOX: InterpolationMode.BOX,
-        PILImageResampling.HAMMING: InterpolationMode.HAMMING,
-        PILImageResampling.LANCZOS: InterpolationMode.LANCZOS,
-    }
-
-    class BEiT3ImageProcessorTorchvision(_BEiT3ImageProcessingMixin, TorchvisionBackend):
+    class BEiT3ImageProcessorTorchvision(_TensorPrimitives, _BEiT3ImageProcessingMixin, TorchvisionBackend):
         r"""
         BEiT-3 image processor on torch tensors (torchvision backend; can run on a GPU via `device=`).
 
@@ -603,99 +395,5 @@ if is_torchvision_available():
         (centre-crop offsets, rescaling, normalization) matches the original transforms exactly. Use
         [`BEiT3ImageProcessor`] (`AutoImageProcessor.from_pretrained(..., backend="pil")`) for bit-exact parity.
         """
-
-        def process_image(self, image, do_convert_rgb=None, input_data_format=None, device=None, **kwargs):
-            """One raw image → `(3, H, W)` uint8 tensor (validated, RGB), on `device` if given."""
-            tensor = torch.from_numpy(self._rgb(image, do_convert_rgb, input_data_format)).permute(2, 0, 1)
-            return tensor.to(device) if device is not None else tensor
-
-        def _resize_tensor(self, image: torch.Tensor, size: SizeDict, resample) -> torch.Tensor:
-            height, width = image.shape[-2:]
-            new_height, new_width = get_resize_output_size(height, width, size)
-            if (new_height, new_width) == (height, width):
-                return image
-            interpolation = _PIL_TO_TORCHVISION.get(_resample_to_pil(resample), InterpolationMode.BICUBIC)
-            return tvF.resize(image, [new_height, new_width], interpolation=interpolation, antialias=True)
-
-        def _crop_tensor(self, image: torch.Tensor, crop_size: SizeDict) -> torch.Tensor:
-            crop_height, crop_width = _check_crop_size(crop_size)
-            height, width = image.shape[-2:]
-            (pad_top, pad_bottom, pad_left, pad_right), (top, left) = get_center_crop_box(
-                height, width, crop_height, crop_width
-            )
-            if pad_top or pad_bottom or pad_left or pad_right:
-                image = torch.nn.functional.pad(image, (pad_left, pad_right, pad_top, pad_bottom))
-            return image[..., top : top + crop_height, left : left + crop_width]
-
-        def _process_one(
-            self,
-            image: torch.Tensor,
-            *,
-            do_resize,
-            size,
-            resample,
-            do_center_crop,
-            crop_size,
-            do_rescale,
-            rescale_factor,
-            do_normalize,
-            image_mean,
-            image_std,
-        ) -> torch.Tensor:
-            if do_resize:
-                image = self._resize_tensor(image, size, resample)
-            if do_center_crop:
-                image = self._crop_tensor(image, crop_size)
-            if do_rescale:
-                image = (image.to(torch.float64) * rescale_factor).to(torch.float32)
-            image = image.to(torch.float32)
-            if do_normalize:
-                channels = image.shape[0]
-                mean = torch.from_numpy(_per_channel(image_mean, channels, "image_mean")).to(image.device)
-                std = torch.from_numpy(_per_channel(image_std, channels, "image_std")).to(image.device)
-                if (std == 0).any():
-                    raise ValueError(f"image_std must not contain zeros, got {std.ravel().tolist()}.")
-                image = (image - mean) / std
-            return image.contiguous()
-
-        def _preprocess(
-            self,
-            images: list,
-            do_resize: bool,
-            size: SizeDict,
-            resample,
-            do_center_crop: bool,
-            crop_size: SizeDict,
-            do_rescale: bool,
-            rescale_factor: float,
-            do_normalize: bool,
-            image_mean,
-            image_std,
-            do_pad: bool | None = None,
-            return_tensors: str | TensorType | None = None,
-            data_format=None,
-            **kwargs,
-        ) -> BatchFeature:
-            self._check_unsupported(do_pad=do_pad)
-            settings = dict(
-                do_resize=do_resize,
-                size=size,
-                resample=resample,
-                do_center_crop=do_center_crop,
-                crop_size=crop_size,
-                do_rescale=do_rescale,
-                rescale_factor=rescale_factor,
-                do_normalize=do_normalize,
-                image_mean=image_mean,
-                image_std=image_std,
-            )
-            processed = process_examples(images, lambda image: self._process_one(image, **settings), torch.stack)
-            if data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST:
-                processed = [torch.movedim(item, -3, -1) for item in processed]
-            if return_tensors is not None:
-                if len({tuple(item.shape) for item in processed}) > 1:
-                    raise ValueError("Cannot stack images of different output shapes into one tensor.")
-                processed = torch.stack(processed)
-            return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
 
     __all__.append("BEiT3ImageProcessorTorchvision")

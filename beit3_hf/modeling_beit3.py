@@ -1053,14 +1053,13 @@ class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
         output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """The image-only pass; `pooler_output` is the L2-normalised image embedding, `(batch_size, hidden_size)`."""
-        outputs = self.beit3(
+        return self._embed(
+            self.image_projection,
             pixel_values=pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
         )
-        return self._pooled(outputs, self.image_projection)
 
     @can_return_tuple
     def get_text_features(
@@ -1071,17 +1070,17 @@ class BEiT3ForImageTextRetrieval(BEiT3PreTrainedModel):
         output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """The text-only pass; `pooler_output` is the L2-normalised embedding of the first (`<s>`) token."""
-        outputs = self.beit3(
+        return self._embed(
+            self.text_projection,
             input_ids=input_ids,
             attention_mask=attention_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
         )
-        return self._pooled(outputs, self.text_projection)
 
-    @staticmethod
-    def _pooled(outputs: BEiT3ModelOutput, projection: nn.Linear) -> BaseModelOutputWithPooling:
+    def _embed(self, projection: nn.Linear, **backbone_inputs) -> BaseModelOutputWithPooling:
+        """One single-modality pass: first token -> bias-free projection -> L2 normalisation."""
+        outputs = self.beit3(**backbone_inputs, return_dict=True)
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=F.normalize(projection(outputs.last_hidden_state[:, 0]), dim=-1),

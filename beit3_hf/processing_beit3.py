@@ -11,7 +11,7 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpa
 from transformers.utils import logging
 
 from .configuration_beit3 import BEiT3Config
-from .image_processing_beit3 import BEiT3ImageProcessor, BEiT3ImageProcessorTorchvision, make_batch_structure
+from .image_processing_beit3 import BEiT3ImageProcessor, BEiT3ImageProcessorTorchvision
 
 logger = logging.get_logger(__name__)
 
@@ -96,12 +96,13 @@ class BEiT3Processor(ProcessorMixin):
             num_texts = 1 if isinstance(text, str) else len(text)
             data.update(self.tokenizer(text, **output_kwargs["text_kwargs"]))
         if images is not None:
-            num_images = len(make_batch_structure(images))
+            image_features = self.image_processor(images, **output_kwargs["images_kwargs"])
+            num_images = len(image_features["pixel_values"])
             if num_texts is not None and num_images != num_texts:
                 raise ValueError(
                     f"Got {num_images} image examples but {num_texts} texts; pass one image (or image pair) per text."
                 )
-            data.update(self.image_processor(images, **output_kwargs["images_kwargs"]))
+            data.update(image_features)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @staticmethod

@@ -13,6 +13,16 @@ import beit3_hf  # noqa: E402  (registers the Auto classes)
 # Tiny models run fastest on one thread, and a busy 2-core machine makes two threads fight each other.
 torch.set_num_threads(1)
 
+# the backbone and every head, for tests that run them all
+HEADS = (
+    beit3_hf.BEiT3Model,
+    beit3_hf.BEiT3ForImageClassification,
+    beit3_hf.BEiT3ForVisualQuestionAnswering,
+    beit3_hf.BEiT3ForVisualReasoning,
+    beit3_hf.BEiT3ForImageTextRetrieval,
+    beit3_hf.BEiT3ForCaptioning,
+)
+
 TINY = dict(
     hidden_size=32,
     num_hidden_layers=2,

@@ -16,16 +16,8 @@ from beit3_hf import (
     BEiT3ForVisualReasoning,
     BEiT3Model,
 )
-from conftest import TINY, tiny_config
+from conftest import HEADS, TINY, tiny_config
 
-HEADS = (
-    BEiT3Model,
-    BEiT3ForImageClassification,
-    BEiT3ForVisualQuestionAnswering,
-    BEiT3ForVisualReasoning,
-    BEiT3ForImageTextRetrieval,
-    BEiT3ForCaptioning,
-)
 VOCAB, MAX_TEXT, IMAGE = TINY["vocab_size"], TINY["max_text_positions"], TINY["image_size"]
 NUM_LABELS = 3
 ID_DTYPES = (torch.long, torch.int, torch.int16, torch.float32, torch.bool)

@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers.image_utils import SizeDict
 
+from beit3_hf.image_inputs import to_rgb_uint8
 from beit3_hf.image_processing_beit3 import (
     BEiT3ImageProcessor,
     BEiT3ImageProcessorTorchvision,
+    _TensorPrimitives,
     get_center_crop_box,
     get_resize_output_size,
-    to_rgb_uint8,
 )
 from beit3_hf.processor_presets import DEFAULT_IMAGE_SIZES, TASK_PRESETS, processor_config_for
 
@@ -162,6 +163,46 @@ def test_torchvision_backend_is_close_to_pil_backend(preset):
     assert (got - expected).abs().mean().item() < 0.02
     pairs = tv([[images[0], images[1]]], return_tensors="pt").pixel_values
     assert pairs.shape == (1, 2, 3, 224, 224)
+
+
+@pytest.mark.parametrize("preset", ["vl", "imagenet"])
+@pytest.mark.parametrize("size", [97, 384, 480])
+def test_pil_backend_is_bit_exact_at_other_sizes(preset, size):
+    official = official_vl if preset == "vl" else official_imagenet
+    processor = BEiT3ImageProcessor.from_preset(preset, size=size)
+    for name in ("astronaut", "coffee", "chelsea"):
+        image = photo(name)
+        assert torch.equal(processor(image, return_tensors="pt").pixel_values[0], official(image, size))
+
+
+class TensorPipeline(_TensorPrimitives, BEiT3ImageProcessor):
+    """The torchvision backend's tensor primitives with PIL's resize, so the tensor pipeline runs without torchvision
+    and must then equal the PIL backend bit for bit."""
+
+    def _resize_to(self, image, height, width, resample):
+        return torch.from_numpy(BEiT3ImageProcessor._resize_to(self, image.numpy(), height, width, resample).copy())
+
+
+@pytest.mark.parametrize("preset", ["vl", "imagenet"])
+def test_tensor_primitives_give_the_pil_pipeline(preset):
+    pil, tensors = BEiT3ImageProcessor.from_preset(preset, size=48), TensorPipeline.from_preset(preset, size=48)
+    images = [photo(name) for name in PHOTOS]
+    small = np.arange(10 * 7 * 3, dtype=np.uint8).reshape(10, 7, 3)
+    calls = [
+        ((images,), {}),
+        (([images[:2], images[2:]],), {}),
+        ((images,), {"data_format": "channels_last"}),
+        ((images[0],), {"do_rescale": False}),
+        ((images[1],), {"do_normalize": False, "image_mean": 0.3}),
+        ((small,), {"do_resize": False, "do_center_crop": True, "crop_size": {"height": 13, "width": 12}}),
+    ]
+    for args, kwargs in calls:
+        got = tensors(*args, return_tensors="pt", **kwargs).pixel_values
+        expected = pil(*args, return_tensors="pt", **kwargs).pixel_values
+        assert got.dtype == expected.dtype == torch.float32
+        assert torch.equal(got, expected), (args, kwargs)
+    unstacked = tensors(images[:2]).pixel_values
+    assert all(isinstance(item, torch.Tensor) and item.shape == (3, 48, 48) for item in unstacked)
 
 
 def test_center_crop_uses_torchvision_rounding():
@@ -388,6 +429,23 @@ def test_bad_input_raises_value_error_naming_it(images, message):
 def test_do_pad_is_rejected():
     with pytest.raises(ValueError, match="do_pad"):
         VL(np.zeros((4, 4, 3), np.uint8), do_pad=True)
+
+
+def test_unstackable_outputs_and_non_rgb_input_raise():
+    tall, wide = np.zeros((8, 4, 3), np.uint8), np.zeros((4, 8, 3), np.uint8)
+    for processor in (VL, TensorPipeline.from_preset("vl", size=S)):
+        with pytest.raises(ValueError, match=r"different output shapes \[\(3, 4, 8\), \(3, 8, 4\)\]"):
+            processor([tall, wide], do_resize=False, return_tensors="pt")
+        with pytest.raises(ValueError, match="one example"):
+            processor([[tall, wide]], do_resize=False)
+        assert [item.shape for item in processor([tall, wide], do_resize=False).pixel_values] == [(3, 8, 4), (3, 4, 8)]
+        with pytest.raises(ValueError, match="do_convert_rgb"):
+            processor(Image.new("L", (4, 4)), do_convert_rgb=False)
+        assert processor(Image.new("RGB", (4, 4)), do_convert_rgb=False).pixel_values[0].shape == (3, S, S)
+        with pytest.raises(ValueError, match="int 42"):
+            processor([tall, 42])
+        with pytest.raises(ValueError, match=r"shape \(1, 4, 4, 3\)"):
+            processor([[tall, np.zeros((1, 4, 4, 3), np.uint8)]])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -23,16 +23,7 @@ from beit3_hf import (
     BEiT3ForVisualReasoning,
     BEiT3Model,
 )
-from conftest import make_inputs, tiny_config
-
-HEADS = [
-    BEiT3Model,
-    BEiT3ForImageClassification,
-    BEiT3ForVisualQuestionAnswering,
-    BEiT3ForVisualReasoning,
-    BEiT3ForImageTextRetrieval,
-    BEiT3ForCaptioning,
-]
+from conftest import HEADS, make_inputs, tiny_config
 
 
 def head_inputs(model_class, batch_size=2, text_length=7, seed=0, with_labels=False, image_size=32):
