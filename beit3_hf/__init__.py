@@ -5,14 +5,7 @@
 the `visual-question-answering` task that transformers 5 no longer ships) work on converted checkpoints.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForImageTextToText,
-    AutoModelForVisualQuestionAnswering,
-    AutoModelForZeroShotImageClassification,
-)
+from transformers import AutoConfig
 
 from .configuration_beit3 import BEIT3_PRESETS, BEiT3Config
 from . import modeling_beit3
@@ -33,19 +26,15 @@ from .image_processing_beit3 import BEiT3ImageProcessor
 from .parameter_groups import count_parameters_by_group
 from .pipelines import BEiT3VisualQuestionAnsweringPipeline, register_pipelines
 from .processing_beit3 import BEiT3Processor, register_processors
+from .tasks import TASKS
 from .tokenization_beit3 import convert_spm_to_tokenizer, load_beit3_tokenizer
 
 __version__ = "0.1.0"
 
 AutoConfig.register("beit3", BEiT3Config, exist_ok=True)
-for _auto_class, _model_class in (
-    (AutoModel, BEiT3Model),
-    (AutoModelForImageClassification, BEiT3ForImageClassification),
-    (AutoModelForVisualQuestionAnswering, BEiT3ForVisualQuestionAnswering),
-    (AutoModelForZeroShotImageClassification, BEiT3ForImageTextRetrieval),
-    (AutoModelForImageTextToText, BEiT3ForCaptioning),
-):
-    _auto_class.register(BEiT3Config, _model_class, exist_ok=True)
+for _task in TASKS.values():  # one Auto class per task (`tasks.py`)
+    if _task.auto_class is not None:
+        _task.auto_class.register(BEiT3Config, _task.model_class, exist_ok=True)
 register_processors()
 register_pipelines()
 

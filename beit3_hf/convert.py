@@ -12,45 +12,28 @@ import argparse
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.utils import logging
 
 from .configuration_beit3 import BEiT3Config
-from .generation import captioning_generation_config
-from .modeling_beit3 import (
-    BEiT3ForCaptioning,
-    BEiT3ForImageClassification,
-    BEiT3ForImageTextRetrieval,
-    BEiT3ForVisualQuestionAnswering,
-    BEiT3ForVisualReasoning,
-    BEiT3Model,
-)
+from .image_processing_beit3 import BEiT3ImageProcessor
+from .model_cards import render_card
+from .modeling_beit3 import BEiT3Model
+from .processing_beit3 import BEiT3Processor
+from .processor_presets import processor_config_for
+from .tasks import RELEASED_CHECKPOINTS, TASKS, Signature, get_task, layouts
+from .tokenization_beit3 import convert_spm_to_tokenizer
+
+logger = logging.get_logger(__name__)
 
 # fairseq position tables start at row 2; rows 0 and 1 are never read, so the converter drops them
 FAIRSEQ_POSITION_OFFSET = 2
 
-TASK_CLASSES = {
-    "backbone": BEiT3Model,
-    "image_classification": BEiT3ForImageClassification,
-    "vqa": BEiT3ForVisualQuestionAnswering,
-    "visual_reasoning": BEiT3ForVisualReasoning,
-    "retrieval": BEiT3ForImageTextRetrieval,
-    "captioning": BEiT3ForCaptioning,
-}
-
-# A key that proves which head a checkpoint holds, checked in this order.
-TASK_SIGNATURES = (
-    ("vqa", "pooler.norm.weight"),
-    ("visual_reasoning", "head.dense1.weight"),
-    ("retrieval", "vision_head.weight"),
-    ("captioning", "mlm_head.weight"),
-    ("image_classification", "fc_norm.weight"),
-)
-
 EXPERTS = {"A": "image", "B": "text"}
 
+# The backbone's keys, shared by every task; each task's head keys are `TASKS[task].head_key_mapping`.
 # fmt: off
 BACKBONE_KEY_MAPPING = {
     r"^beit3\.text_embed\.weight$":                           r"beit3.embeddings.token_embedding.weight",
@@ -72,82 +55,7 @@ BACKBONE_KEY_MAPPING = {
         r"beit3.encoder.layers.\1.mlp.\2.sub_layer_norm.\3",
     r"^beit3\.encoder\.layer_norm\.(A|B)\.(weight|bias)$":    r"beit3.final_layer_norm.\1.\2",
 }
-
-HEAD_KEY_MAPPING = {
-    "backbone": {},
-    "image_classification": {
-        r"^fc_norm\.(weight|bias)$":                   r"fc_norm.\1",
-        r"^head\.(weight|bias)$":                      r"classifier.\1",
-    },
-    "vqa": {
-        r"^pooler\.norm\.(weight|bias)$":              r"pooler.layer_norm.\1",
-        r"^pooler\.dense\.(weight|bias)$":             r"pooler.dense.\1",
-        r"^head\.0\.(weight|bias)$":                   r"classifier.dense1.\1",
-        r"^head\.1\.(weight|bias)$":                   r"classifier.norm2.\1",
-        r"^head\.3\.(weight|bias)$":                   r"classifier.dense2.\1",
-    },
-    "visual_reasoning": {
-        r"^head\.(norm1|dense1|norm2|dense2)\.(weight|bias)$": r"classifier.\1.\2",
-    },
-    "retrieval": {
-        r"^vision_head\.weight$":                      r"image_projection.weight",
-        r"^language_head\.weight$":                    r"text_projection.weight",
-        r"^logit_scale$":                              r"logit_scale",
-    },
-    "captioning": {
-        r"^mlm_head\.(weight|bias)$":                  r"lm_head.\1",
-    },
-}
 # fmt: on
-
-
-@dataclass(frozen=True)
-class ReleasedCheckpoint:
-    """One row of the released-weights table (unilm beit3 README)."""
-
-    task: str
-    size: str
-    image_size: int
-    result: str = ""
-
-
-def _released_checkpoints() -> dict[str, ReleasedCheckpoint]:
-    table = {}
-    for size in ("base", "large"):
-        for variant in ("", "_itc", "_indomain"):
-            table[f"beit3_{size}{variant}_patch16_224"] = ReleasedCheckpoint("backbone", size, 224, "pretrained")
-    rows = [
-        ("beit3_base_patch16_224_in1k", "image_classification", 224, "ImageNet-1k top-1 85.4"),
-        ("beit3_base_indomain_patch16_224_in1k", "image_classification", 224, "ImageNet-1k top-1 85.4"),
-        ("beit3_large_patch16_224_in1k", "image_classification", 224, "ImageNet-1k top-1 87.6"),
-        ("beit3_large_indomain_patch16_224_in1k", "image_classification", 224, "ImageNet-1k top-1 87.5"),
-        ("beit3_base_patch16_480_vqa", "vqa", 480, "VQAv2 test-dev 77.65"),
-        ("beit3_base_indomain_patch16_480_vqa", "vqa", 480, "VQAv2 test-dev 78.46"),
-        ("beit3_large_patch16_480_vqa", "vqa", 480, "VQAv2 test-dev 81.85"),
-        ("beit3_large_indomain_patch16_480_vqa", "vqa", 480, "VQAv2 test-dev 82.53"),
-        ("beit3_large_indomain_patch16_768_vgqaaug_vqa", "vqa", 768, "VQAv2 test-dev 82.97 / test-std 83.03"),
-        ("beit3_base_patch16_224_nlvr2", "visual_reasoning", 224, "NLVR2 dev 83.6 / test-P 84.4"),
-        ("beit3_base_indomain_patch16_224_nlvr2", "visual_reasoning", 224, "NLVR2 dev 84.6 / test-P 85.3"),
-        ("beit3_large_patch16_224_nlvr2", "visual_reasoning", 224, "NLVR2 dev 88.5 / test-P 89.4"),
-        ("beit3_large_indomain_patch16_224_nlvr2", "visual_reasoning", 224, "NLVR2 dev 89.2 / test-P 90.0"),
-        ("beit3_base_patch16_480_coco_captioning", "captioning", 480, "COCO test CIDEr 133.6"),
-        ("beit3_base_indomain_patch16_480_coco_captioning", "captioning", 480, "COCO test CIDEr 135.0"),
-        ("beit3_large_patch16_480_coco_captioning", "captioning", 480, "COCO test CIDEr 143.2"),
-        ("beit3_base_patch16_480_nocaps", "captioning", 480, "NoCaps val CIDEr 104.4"),
-        ("beit3_base_indomain_patch16_480_nocaps", "captioning", 480, "NoCaps val CIDEr 105.6"),
-        ("beit3_large_patch16_480_nocaps", "captioning", 480, "NoCaps val CIDEr 120.2"),
-        ("beit3_base_patch16_384_coco_retrieval", "retrieval", 384, "COCO IR@1 61.4 / TR@1 79.1"),
-        ("beit3_large_patch16_384_coco_retrieval", "retrieval", 384, "COCO IR@1 63.4 / TR@1 82.1"),
-        ("beit3_base_patch16_384_f30k_retrieval", "retrieval", 384, "Flickr30K IR@1 86.2 / TR@1 96.3"),
-        ("beit3_large_patch16_384_f30k_retrieval", "retrieval", 384, "Flickr30K IR@1 88.1 / TR@1 97.2"),
-    ]
-    for name, task, image_size, result in rows:
-        size = "large" if "_large" in name else "base"
-        table[name] = ReleasedCheckpoint(task, size, image_size, result)
-    return table
-
-
-RELEASED_CHECKPOINTS = _released_checkpoints()
 
 
 def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -165,11 +73,25 @@ def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
+def _matches(signature: Signature, state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether every key of `signature` is present with the rows it asks for."""
+    for key, rows in signature.items():
+        if isinstance(rows, str):  # as many rows as another key (-1: that key is missing, so no match)
+            rows = state_dict[rows].shape[0] if rows in state_dict else -1
+        if key not in state_dict or (rows is not None and state_dict[key].shape[0] != rows):
+            return False
+    return True
+
+
+def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
+    """The key layout a checkpoint has: the first whose signature matches, most specific (most keys) first."""
+    candidates = sorted(layouts().items(), key=lambda item: -len(item[1].signature))  # stable: ties keep table order
+    return next(name for name, layout in candidates if _matches(layout.signature, state_dict))
+
+
 def detect_task(state_dict: dict[str, torch.Tensor]) -> str:
-    for task, signature in TASK_SIGNATURES:
-        if signature in state_dict:
-            return task
-    return "backbone"
+    """The task whose model a checkpoint converts to (a bare backbone when no head signature matches)."""
+    return layouts()[detect_layout(state_dict)].task
 
 
 def _require(state_dict: dict[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -183,8 +105,7 @@ def infer_config(
 ) -> tuple[BEiT3Config, str]:
     """The config (and task) a checkpoint was trained with, read off its tensor shapes."""
     task = task or detect_task(state_dict)
-    if task not in TASK_CLASSES:
-        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASK_CLASSES)}.")
+    label_key = get_task(task).label_key
     vocab_size, hidden_size = _require(state_dict, "beit3.text_embed.weight").shape
     patch_weight = _require(state_dict, "beit3.vision_embed.proj.weight")
     image_rows = _require(state_dict, "beit3.encoder.embed_positions.A.weight").shape[0]
@@ -199,12 +120,7 @@ def infer_config(
     if grid * grid != image_rows - 1 - FAIRSEQ_POSITION_OFFSET:
         raise ValueError(f"The image position table has {image_rows} rows, which is not 3 + a square grid.")
 
-    labels = {
-        "image_classification": "head.weight",
-        "vqa": "head.3.weight",
-        "visual_reasoning": "head.dense2.weight",
-    }
-    num_labels = _require(state_dict, labels[task]).shape[0] if task in labels else 2
+    num_labels = _require(state_dict, label_key).shape[0] if label_key else 2
     config = BEiT3Config(
         hidden_size=hidden_size,
         num_hidden_layers=max(layers) + 1,
@@ -229,11 +145,28 @@ def _rename(key: str, mapping: dict[str, str]) -> str | None:
     return None
 
 
+def _dropped_keys(state_dict: dict[str, torch.Tensor], task: str) -> list[str]:
+    """Present keys of a matching layout that `task`'s model has no place for (the pretrained files' heads)."""
+    return sorted(
+        key
+        for layout in layouts().values()
+        if layout.task == task and layout.dropped_keys and _matches(layout.signature, state_dict)
+        for key in layout.dropped_keys
+        if key in state_dict
+    )
+
+
 def convert_state_dict(state_dict: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
     """Original keys -> ours. Raises one ValueError listing every key that has no place."""
-    mapping = {**BACKBONE_KEY_MAPPING, **HEAD_KEY_MAPPING[task]}
+    spec = get_task(task)
+    dropped = _dropped_keys(state_dict, task)
+    if dropped:
+        logger.warning(f"Dropping {dropped}: no BEiT-3 {task} model has a place for these heads yet.")
+    mapping = {**BACKBONE_KEY_MAPPING, **spec.head_key_mapping}
     converted, unplaced = {}, []
     for key, value in state_dict.items():
+        if key in dropped:
+            continue
         new_key = _rename(key, mapping)
         if new_key is None:
             unplaced.append(key)
@@ -245,7 +178,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], task: str) -> dict[s
         raise ValueError(
             f"{len(unplaced)} checkpoint key(s) have no place in a BEiT-3 {task} model: {sorted(unplaced)}"
         )
-    if task == "backbone":
+    if spec.model_class is BEiT3Model:  # the bare backbone is the base model: its keys carry no `beit3.` prefix
         converted = {key.removeprefix("beit3."): value for key, value in converted.items()}
     return converted
 
@@ -294,21 +227,19 @@ def convert_checkpoint(
             )
         config.label2id = label2id
         config.id2label = {index: answer for answer, index in label2id.items()}
-    model_class = TASK_CLASSES[task]
-    config.architectures = [model_class.__name__]
-    model = model_class(config)
+    spec = TASKS[task]
+    config.architectures = [spec.model_class.__name__]
+    model = spec.model_class(config)
     load_converted(model, convert_state_dict(original, task))
     model.eval()
-    if task == "captioning":  # unilm's evaluation decoding: 3 beams, length penalty 0.6, 64-token budget
-        model.generation_config = captioning_generation_config(
+    if spec.generation_config is not None:  # the release's evaluation decoding (captioning: unilm's beam search)
+        model.generation_config = spec.generation_config(
             bos_token_id=config.bos_token_id, pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id
         )
     if output_dir is not None:
         model.save_pretrained(output_dir)
         _save_preprocessing(Path(output_dir), task, config, spm_path)
-        if released is not None:
-            from .model_cards import render_card
-
+        if released is not None and released.task == task:  # the card describes the released conversion
             (Path(output_dir) / "README.md").write_text(render_card(name, released), encoding="utf-8")
     return model
 
@@ -326,16 +257,10 @@ def _read_answer2label(path: str | Path) -> dict[str, int]:
 
 def _save_preprocessing(output_dir: Path, task: str, config: BEiT3Config, spm_path):
     """Writes the image processor (and tokenizer) matching the checkpoint, so the directory is self-contained."""
-    from .image_processing_beit3 import BEiT3ImageProcessor
-    from .processor_presets import processor_config_for
-
     image_processor = BEiT3ImageProcessor(**processor_config_for(task, config.image_size))
     if spm_path is None:
         image_processor.save_pretrained(output_dir)
         return
-    from .processing_beit3 import BEiT3Processor
-    from .tokenization_beit3 import convert_spm_to_tokenizer
-
     tokenizer = convert_spm_to_tokenizer(spm_path, output_dir)
     BEiT3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
 
@@ -344,7 +269,7 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="original BEiT-3 .pth file")
     parser.add_argument("output_dir", help="where to write the Hugging Face model directory")
-    parser.add_argument("--task", choices=sorted(TASK_CLASSES), help="override the head detected from the keys")
+    parser.add_argument("--task", choices=sorted(TASKS), help="override the head detected from the keys")
     parser.add_argument("--num-attention-heads", type=int, help="default: hidden_size / 64 (true of every release)")
     parser.add_argument("--spm", help="the release's beit3.spm, converted into tokenizer.json next to the weights")
     parser.add_argument("--answer2label", help="unilm answer2label.txt, sets id2label for VQA checkpoints")

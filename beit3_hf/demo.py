@@ -15,26 +15,15 @@ from pathlib import Path
 
 import torch
 
-from . import (
-    BEiT3Config,
-    BEiT3ForCaptioning,
-    BEiT3ForImageClassification,
-    BEiT3ForImageTextRetrieval,
-    BEiT3ForVisualQuestionAnswering,
-    BEiT3ForVisualReasoning,
-    BEiT3ImageProcessor,
-    BEiT3Model,
-    BEiT3Processor,
-)
+from . import BEiT3Config, BEiT3ImageProcessor, BEiT3Processor
+from .tasks import TASKS
 from .tokenization_beit3 import load_beit3_tokenizer
 
-HEADS = {
-    "backbone": BEiT3Model,
-    "image_classification": BEiT3ForImageClassification,
-    "vqa": BEiT3ForVisualQuestionAnswering,
-    "visual_reasoning": BEiT3ForVisualReasoning,
-    "retrieval": BEiT3ForImageTextRetrieval,
-    "captioning": BEiT3ForCaptioning,
+#: Made-up labels, so the random-weight heads print names rather than ids.
+DEMO_LABELS = {
+    "image_classification": ["person", "cup", "cat", "rocket"],
+    "vqa": ["red", "blue", "cat", "cup", "yes", "no", "1", "2"],
+    "visual_reasoning": ["False", "True"],
 }
 
 
@@ -49,30 +38,67 @@ def photos():
 
 
 def load_head(task: str, model_dir: Path | None, tokenizer, image_size: int):
-    model_class = HEADS[task]
+    spec = TASKS[task]
     if model_dir is not None:
         directory = model_dir / task
-        return model_class.from_pretrained(directory).eval(), BEiT3Processor.from_pretrained(directory)
+        return spec.model_class.from_pretrained(directory).eval(), BEiT3Processor.from_pretrained(directory)
     torch.manual_seed(0)
+    labels = DEMO_LABELS.get(task)
     config = BEiT3Config(
         hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, image_size=image_size,
         patch_size=16, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
-        use_final_layer_norm=task not in ("image_classification", "vqa"),
-        id2label=_labels(task),
+        use_final_layer_norm=spec.final_layer_norm, id2label=dict(enumerate(labels)) if labels else None,
     )
-    preset = "imagenet" if task == "image_classification" else "vl"
-    processor = BEiT3Processor(BEiT3ImageProcessor.from_preset(preset, size=image_size), tokenizer)
-    return model_class(config).eval(), processor
+    processor = BEiT3Processor(BEiT3ImageProcessor.from_preset(spec.processor_preset, size=image_size), tokenizer)
+    return spec.model_class(config).eval(), processor
 
 
-def _labels(task):
-    if task == "image_classification":
-        return {0: "person", 1: "cup", 2: "cat", 3: "rocket"}
-    if task == "vqa":
-        return {i: answer for i, answer in enumerate(["red", "blue", "cat", "cup", "yes", "no", "1", "2"])}
-    if task == "visual_reasoning":
-        return {0: "False", 1: "True"}
-    return None
+def _backbone(model, processor, names, pictures, texts):
+    out = model(**processor(images=pictures[:1], text=texts[:1], return_tensors="pt"))
+    return (f"last_hidden_state {tuple(out.last_hidden_state.shape)} = image "
+            f"{tuple(out.image_last_hidden_state.shape)} + text {tuple(out.text_last_hidden_state.shape)}")
+
+
+def _image_classification(model, processor, names, pictures, texts):
+    top = model(**processor.image_processor(pictures, return_tensors="pt")).logits.softmax(-1).max(-1)
+    return ", ".join(f"{name}: {model.config.id2label[int(i)]} ({p:.2f})"
+                     for name, p, i in zip(names, top.values, top.indices))
+
+
+def _vqa(model, processor, names, pictures, texts):
+    inputs = processor(images=pictures[:1], text=["what is in the picture ?"], return_tensors="pt")
+    best = model(**inputs).logits.sigmoid()[0].topk(3)
+    return "top answers " + ", ".join(
+        f"{model.config.id2label[int(i)]} ({s:.2f})" for s, i in zip(best.values, best.indices))
+
+
+def _visual_reasoning(model, processor, names, pictures, texts):
+    inputs = processor(images=[pictures[:2]], text=["the left image shows a person"], return_tensors="pt")
+    probability = model(**inputs).logits.softmax(-1)[0, 1]
+    return f"pixel_values {tuple(inputs['pixel_values'].shape)}, P(True) = {probability:.3f}"
+
+
+def _retrieval(model, processor, names, pictures, texts):
+    out = model(**processor(images=pictures, text=texts, return_tensors="pt"))
+    return (f"logits_per_image {tuple(out.logits_per_image.shape)}, best caption per image "
+            f"{out.logits_per_image.argmax(-1).tolist()}")
+
+
+def _captioning(model, processor, names, pictures, texts):
+    pixel_values = processor(images=pictures[:2], return_tensors="pt")["pixel_values"]
+    ids = model.generate(pixel_values=pixel_values, num_beams=3, max_new_tokens=8)
+    return "captions " + str(processor.batch_decode(ids, skip_special_tokens=True))
+
+
+#: What the demo does with each head; a task without an entry is listed as having no demo.
+RUNNERS = {
+    "backbone": _backbone,
+    "image_classification": _image_classification,
+    "vqa": _vqa,
+    "visual_reasoning": _visual_reasoning,
+    "retrieval": _retrieval,
+    "captioning": _captioning,
+}
 
 
 def run(model_dir: Path | None = None, image_size: int = 224):
@@ -83,40 +109,14 @@ def run(model_dir: Path | None = None, image_size: int = 224):
     source = f"converted checkpoints in {model_dir}" if model_dir else "random weights (shipped default)"
     print(f"BEiT-3 heads on scikit-image photos {names}, {source}\n")
 
-    for task in HEADS:
+    for task, spec in TASKS.items():
+        if task not in RUNNERS:
+            print(f"{spec.model_class.__name__:34s} (no demo for the {task} task yet)")
+            continue
         model, processor = load_head(task, model_dir, tokenizer, image_size)
         start = time.perf_counter()
         with torch.no_grad():
-            if task == "backbone":
-                inputs = processor(images=pictures[:1], text=texts[:1], return_tensors="pt")
-                out = model(**inputs)
-                result = (f"last_hidden_state {tuple(out.last_hidden_state.shape)} = image "
-                          f"{tuple(out.image_last_hidden_state.shape)} + text {tuple(out.text_last_hidden_state.shape)}")
-            elif task == "image_classification":
-                logits = model(**processor.image_processor(pictures, return_tensors="pt")).logits
-                top = logits.softmax(-1).max(-1)
-                result = ", ".join(f"{name}: {model.config.id2label[int(i)]} ({p:.2f})"
-                                   for name, p, i in zip(names, top.values, top.indices))
-            elif task == "vqa":
-                inputs = processor(images=pictures[:1], text=["what is in the picture ?"], return_tensors="pt")
-                scores = model(**inputs).logits.sigmoid()[0]
-                best = scores.topk(3)
-                result = "top answers " + ", ".join(
-                    f"{model.config.id2label[int(i)]} ({s:.2f})" for s, i in zip(best.values, best.indices))
-            elif task == "visual_reasoning":
-                inputs = processor(images=[pictures[:2]], text=["the left image shows a person"],
-                                   return_tensors="pt")
-                probability = model(**inputs).logits.softmax(-1)[0, 1]
-                result = f"pixel_values {tuple(inputs['pixel_values'].shape)}, P(True) = {probability:.3f}"
-            elif task == "retrieval":
-                inputs = processor(images=pictures, text=texts, return_tensors="pt")
-                out = model(**inputs)
-                result = f"logits_per_image {tuple(out.logits_per_image.shape)}, best caption per image " + str(
-                    out.logits_per_image.argmax(-1).tolist())
-            else:
-                pixel_values = processor(images=pictures[:2], return_tensors="pt")["pixel_values"]
-                ids = model.generate(pixel_values=pixel_values, num_beams=3, max_new_tokens=8)
-                result = "captions " + str(processor.batch_decode(ids, skip_special_tokens=True))
+            result = RUNNERS[task](model, processor, names, pictures, texts)
         print(f"{type(model).__name__:34s} {time.perf_counter() - start:5.2f}s  {result}")
 
 

@@ -1,4 +1,4 @@
-"""Model cards for converted BEiT-3 checkpoints, rendered from the released-checkpoint table.
+"""Model cards for converted BEiT-3 checkpoints, rendered from the released-checkpoint table (`tasks.py`).
 
     python -m beit3_hf.model_cards model_cards/     # one card per released checkpoint
 """
@@ -6,32 +6,41 @@
 import sys
 from pathlib import Path
 
-from .convert import RELEASED_CHECKPOINTS, ReleasedCheckpoint
+from .configuration_beit3 import BEIT3_PRESETS
+from .tasks import RELEASED_CHECKPOINTS, TASKS, ReleasedCheckpoint, layouts
 
-TASK_TEXT = {
-    "backbone": ("BEiT3Model", "feature-extraction backbone (pretrained, no head)", "image-feature-extraction"),
-    "image_classification": ("BEiT3ForImageClassification", "ImageNet-1k classification", "image-classification"),
-    "vqa": ("BEiT3ForVisualQuestionAnswering", "visual question answering (VQAv2, 3129 answers)",
-            "visual-question-answering"),
-    "visual_reasoning": ("BEiT3ForVisualReasoning", "visual reasoning over image pairs (NLVR2)", None),
-    "retrieval": ("BEiT3ForImageTextRetrieval", "image-text retrieval and zero-shot classification",
-                  "zero-shot-image-classification"),
-    "captioning": ("BEiT3ForCaptioning", "image captioning", "image-text-to-text"),
+PREPROCESSING_TEXT = {
+    "vl": "resize to {s}x{s} (bicubic, no crop), mean = std = 0.5",
+    "imagenet": "resize the shorter side to {s} (bicubic), centre-crop {s}, ImageNet mean/std",
 }
 
-SIZES = {"base": "12 layers, hidden 768, 12 heads", "large": "24 layers, hidden 1024, 16 heads"}
+
+def _size_text(size: str) -> str:
+    preset = BEIT3_PRESETS[size]
+    return f"{preset['num_hidden_layers']} layers, hidden {preset['hidden_size']}, {preset['num_attention_heads']} heads"
 
 
 def render_card(name: str, row: ReleasedCheckpoint) -> str:
-    model_class, description, pipeline_tag = TASK_TEXT[row.task]
-    preprocessing = (
-        "resize the shorter side to {s} (bicubic), centre-crop {s}, ImageNet mean/std"
-        if row.task == "image_classification"
-        else "resize to {s}x{s} (bicubic, no crop), mean = std = 0.5"
-    ).format(s=row.image_size)
+    task, layout = TASKS[row.task], layouts()[row.layout]
+    model_class = task.model_class.__name__
+    details = [
+        f"- Architecture: decoupled Multiway Transformer (image and text experts), `{model_class}`",
+        f"- Resolution: {row.image_size}px, patch 16",
+        f"- Preprocessing: {PREPROCESSING_TEXT[task.processor_preset].format(s=row.image_size)}; "
+        "text: BEiT-3 SentencePiece tokenizer (XLM-R id layout)",
+        f"- Parameters (unilm README): {row.param_count}M",
+    ]
+    if task.num_labels:
+        details.append(f"- Labels: {task.num_labels}")
+    details.append(f"- Reported result (unilm README): {row.result or 'none (pretrained checkpoint)'}")
+    if layout.dropped_keys:
+        details.append(
+            f"- Not converted: the {row.layout} heads {', '.join(f'`{key}`' for key in layout.dropped_keys)}; "
+            f"`{model_class}` has no place for them yet."
+        )
     front_matter = ["---", "license: mit", "library_name: transformers", "tags: [beit3, multiway-transformer]"]
-    if pipeline_tag:
-        front_matter.append(f"pipeline_tag: {pipeline_tag}")
+    if task.pipeline_tag:
+        front_matter.append(f"pipeline_tag: {task.pipeline_tag}")
     front_matter.append("---")
     return "\n".join(
         front_matter
@@ -39,15 +48,12 @@ def render_card(name: str, row: ReleasedCheckpoint) -> str:
             "",
             f"# {name}",
             "",
-            f"BEiT-3 ({row.size}: {SIZES[row.size]}) for {description}, converted from Microsoft's release",
+            f"BEiT-3 ({row.size}: {_size_text(row.size)}) for {task.description}, converted from Microsoft's release",
             f"`{name}.pth` with `beit3-convert` from the beit3_hf package. Outputs equal the official",
             "unilm/torchscale model on the same inputs (fp32, 1e-4).",
             "",
             "## Model details",
-            f"- Architecture: decoupled Multiway Transformer (image and text experts), `{model_class}`",
-            f"- Resolution: {row.image_size}px, patch 16",
-            f"- Preprocessing: {preprocessing}; text: BEiT-3 SentencePiece tokenizer (XLM-R id layout)",
-            f"- Reported result (unilm README): {row.result}",
+            *details,
             "",
             "## Usage",
             "```python",

@@ -1,4 +1,4 @@
-"""Image preprocessing of the released BEiT-3 checkpoints, as plain data (no dependencies).
+"""Image preprocessing of the released BEiT-3 checkpoints.
 
 The original evaluation transforms (unilm `beit3/datasets.py`, `build_transform(is_train=False)`) come in two kinds:
 
@@ -8,8 +8,8 @@ The original evaluation transforms (unilm `beit3/datasets.py`, `build_transform(
   `Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)`.
 
 `image_processor_kwargs(preset, image_size)` gives the `BEiT3ImageProcessor` keyword arguments for one of them, and
-`processor_config_for(task, image_size)` picks the preset of a released task, so a converter can save the right
-image-processor config next to converted weights:
+`processor_config_for(task, image_size)` picks the preset and resolution a task was released with
+(`tasks.TASKS`), so a converter can save the right image-processor config next to converted weights:
 
 ```python
 >>> processor_config_for("vqa")["size"]
@@ -20,6 +20,8 @@ image-processor config next to converted weights:
 """
 
 from __future__ import annotations
+
+from .tasks import TASKS, get_task
 
 __all__ = [
     "DEFAULT_IMAGE_SIZES",
@@ -42,26 +44,12 @@ BICUBIC = 3
 PRESETS = ("vl", "imagenet")
 _PRESET_ALIASES = {"vl": "vl", "vision_language": "vl", "vision-language": "vl", "imagenet": "imagenet"}
 
-#: Which preset each released checkpoint uses ("backbone": the pretrained-only checkpoints, whose downstream use is
+#: Which preset each task was released with ("backbone": the pretrained files, whose downstream use is
 #: overwhelmingly vision-language; their ImageNet fine-tuning switches to the imagenet preset).
-TASK_PRESETS = {
-    "backbone": "vl",
-    "image_classification": "imagenet",
-    "vqa": "vl",
-    "visual_reasoning": "vl",
-    "retrieval": "vl",
-    "captioning": "vl",
-}
+TASK_PRESETS = {name: task.processor_preset for name, task in TASKS.items()}
 
-#: Input resolution of the released checkpoints (one VQA large checkpoint also exists at 768).
-DEFAULT_IMAGE_SIZES = {
-    "backbone": 224,
-    "image_classification": 224,
-    "vqa": 480,
-    "visual_reasoning": 224,
-    "retrieval": 384,
-    "captioning": 480,
-}
+#: Input resolution of each task's released checkpoints (one VQA large checkpoint also exists at 768).
+DEFAULT_IMAGE_SIZES = {name: task.image_size for name, task in TASKS.items()}
 
 
 def _check_size(image_size) -> int:
@@ -107,15 +95,12 @@ def processor_config_for(task: str, image_size: int | None = None) -> dict:
     """Image-processor keyword arguments for a released checkpoint's task.
 
     Args:
-        task: `"image_classification"` (imagenet preset) or `"vqa"`, `"visual_reasoning"`, `"retrieval"`,
-            `"captioning"`, `"backbone"` (vision-language preset).
+        task: a name in `tasks.TASKS`: `"image_classification"` (imagenet preset) or `"vqa"`, `"visual_reasoning"`,
+            `"retrieval"`, `"captioning"`, `"backbone"` (vision-language preset).
         image_size: input resolution; defaults to the released one for the task (see `DEFAULT_IMAGE_SIZES`).
 
     Raises:
         ValueError: unknown task or non-positive size.
     """
-    if task not in TASK_PRESETS:
-        raise ValueError(f"Unknown task {task!r}; expected one of {sorted(TASK_PRESETS)}.")
-    if image_size is None:
-        image_size = DEFAULT_IMAGE_SIZES[task]
-    return image_processor_kwargs(TASK_PRESETS[task], image_size)
+    spec = get_task(task)
+    return image_processor_kwargs(spec.processor_preset, spec.image_size if image_size is None else image_size)

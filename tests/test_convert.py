@@ -9,13 +9,13 @@ import torch
 
 import beit3_hf
 from beit3_hf.convert import (
-    RELEASED_CHECKPOINTS,
     convert_checkpoint,
     convert_state_dict,
     detect_task,
     infer_config,
     load_original_state_dict,
 )
+from beit3_hf.tasks import RELEASED_CHECKPOINTS
 
 from official import build_official, needs_official
 
@@ -114,7 +114,7 @@ def test_corrupt_or_foreign_files(tmp_path):
 
 
 def test_released_checkpoint_table():
-    fine_tuned = {name: row for name, row in RELEASED_CHECKPOINTS.items() if row.task != "backbone"}
+    fine_tuned = {name: row for name, row in RELEASED_CHECKPOINTS.items() if row.result}  # the rest: pretrained
     assert len(fine_tuned) == 23 and len(RELEASED_CHECKPOINTS) == 29
     assert RELEASED_CHECKPOINTS["beit3_large_indomain_patch16_768_vgqaaug_vqa"].image_size == 768
     assert RELEASED_CHECKPOINTS["beit3_base_patch16_384_f30k_retrieval"].task == "retrieval"
