@@ -1,5 +1,25 @@
 from setuptools import find_packages, setup
 
+# Each extra holds what its commands import.
+EXTRAS = {
+    # real photos for the demo: python -m beit3_hf.demo
+    "demo": ["scikit-image"],
+    # the example scripts (datasets, LoRA, the Trainer) and their data: python -m beit3_hf.data.shapes trains the
+    # shapes-world tokenizer with sentencepiece
+    "train": ["datasets>=4", "peft>=0.18", "accelerate>=1.3", "sentencepiece"],
+    # 8-bit / 4-bit loading (beit3_hf.peft_utils.load_model prepares it for QLoRA with peft)
+    "quant": ["bitsandbytes>=0.46.1", "accelerate>=1.3", "peft>=0.18"],
+    # torchvision image-processor backend (pulls a large torch build: optional on purpose)
+    "vision": ["torchvision"],
+    # beit3-convert --spm: compare the converted tokenizer's ids with SentencePiece itself (the conversion needs none)
+    "spm": ["sentencepiece"],
+}
+# the test suite: everything above but torchvision (its tests skip without it), plus protobuf for the tokenizer
+# tests (the official torchscale/unilm code is installed by .ci/run with --no-deps)
+EXTRAS["dev"] = sorted(
+    {"pytest", "hypothesis", "protobuf"}.union(*(EXTRAS[name] for name in ("demo", "train", "quant", "spm")))
+)
+
 setup(
     name="beit3-hf",
     version="0.1.0",
@@ -10,37 +30,21 @@ setup(
     packages=find_packages(include=["beit3_hf", "beit3_hf.*"]),
     package_data={"beit3_hf": ["assets/shapes_tokenizer/*"]},
     python_requires=">=3.10",
+    # Floors. torch and huggingface-hub: transformers 5.24's own (it disables torch < 2.6; torch 2.6 itself is not
+    # tested here, CI runs 2.13, see .ci/run). The others were tested together at the floor, with
+    # tests/test_examples.py and tests/test_lora_quant.py: huggingface-hub 1.31.0, bitsandbytes 0.46.1
+    # (transformers' minimum for bnb), accelerate 1.3.0 (transformers says 1.1, but its Trainer calls
+    # `unwrap_model(keep_torch_compile=...)`, new in 1.3), peft 0.18.0 (0.17 fails to import under transformers 5)
+    # and datasets 4.0.0.
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.6",
         "transformers>=5.24,<6",
-        "huggingface-hub>=1.0",
+        "huggingface-hub>=1.31",
         "safetensors",
         "numpy",
         "pillow",
         "tokenizers",
-        "scikit-image",  # real photos for the demo (python -m beit3_hf.demo)
     ],
-    extras_require={
-        # training examples: datasets, metrics, adapters, multi-process
-        "train": ["datasets>=4", "evaluate", "peft>=0.17", "accelerate>=1.0", "scikit-image"],
-        # 8-bit / 4-bit loading and QLoRA
-        "quant": ["bitsandbytes>=0.45", "accelerate>=1.0"],
-        # torchvision image-processor backend (pulls a large torch build: optional on purpose)
-        "vision": ["torchvision"],
-        # converting a SentencePiece model (.spm) into tokenizer.json
-        "spm": ["sentencepiece", "protobuf"],
-        # the test suite (the official torchscale/unilm code is installed by .ci/run with --no-deps)
-        "dev": [
-            "pytest",
-            "hypothesis",
-            "scikit-image",
-            "sentencepiece",
-            "protobuf",
-            "datasets>=4",
-            "evaluate",
-            "peft>=0.17",
-            "accelerate>=1.0",
-        ],
-    },
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["beit3-convert=beit3_hf.convert:main"]},
 )

@@ -32,7 +32,10 @@ def shipped_tokenizer():
 
 
 def photos():
-    from skimage import data
+    try:
+        from skimage import data
+    except ImportError as error:
+        raise ImportError('The demo photos come from scikit-image: pip install -e ".[demo]"') from error
 
     return {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea()}
 

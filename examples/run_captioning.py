@@ -12,6 +12,8 @@ BLEU-4 / CIDEr of captions decoded with `model.generate` (greedy unless `--gener
 generation config says otherwise).
 """
 
+import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -20,11 +22,13 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from beit3_hf import BEiT3ForCaptioning
+from beit3_hf.collators import CaptioningCollator, ImageClassificationCollator
 from beit3_hf.metrics import bleu4, cider
-from beit3_hf.training import (
-    CaptioningCollator,
+
+# the helpers next to this script, also when it is imported (tests) rather than run
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainer_utils import (  # noqa: E402
     DataArguments,
-    ImageClassificationCollator,
     load_processor,
     load_task_dataset,
     parse_arguments,
@@ -72,7 +76,8 @@ def generate_captions(trainer, dataset, image_processor, tokenizer, data_args) -
     return captions, rows
 
 
-def main(args=None) -> dict:
+def main(args=None, callbacks=None) -> dict:
+    """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
     model_args, data_args, training_args = parse_arguments(CaptioningArguments, args, learning_rate=5e-5)
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
@@ -99,6 +104,7 @@ def main(args=None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=processor,
+        callbacks=callbacks,
     )
     return train_and_evaluate(trainer, model_args, training_args, evaluate=evaluate)
 

@@ -9,15 +9,20 @@ in each split) or a `save_to_disk` dataset with `image` and `label` columns.
 The head is BEiT-3's (mean of the patch tokens -> LayerNorm -> Linear); only the image experts are used.
 """
 
+import os
+import sys
 from dataclasses import dataclass, field
 
 from transformers import Trainer
 
 from beit3_hf import BEiT3ForImageClassification
+from beit3_hf.collators import ImageClassificationCollator
 from beit3_hf.metrics import accuracy
-from beit3_hf.training import (
+
+# the helpers next to this script, also when it is imported (tests) rather than run
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainer_utils import (  # noqa: E402
     DataArguments,
-    ImageClassificationCollator,
     load_processor,
     load_task_dataset,
     parse_arguments,
@@ -39,7 +44,8 @@ def label_names(dataset, column: str) -> list[str]:
     return [str(i) for i in range(max(dataset[column]) + 1)]
 
 
-def main(args=None) -> dict:
+def main(args=None, callbacks=None) -> dict:
+    """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
     model_args, data_args, training_args = parse_arguments(ImageClassificationArguments, args, learning_rate=5e-5)
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
@@ -61,6 +67,7 @@ def main(args=None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=ImageClassificationCollator(processor, data_args.image_column, data_args.label_column),
         processing_class=processor,
+        callbacks=callbacks,
         compute_metrics=lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)},
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
     )

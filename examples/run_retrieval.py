@@ -12,15 +12,20 @@ directions (`tr_r*`: image -> text, `ir_r*`: text -> image). The in-batch contra
 larger batches.
 """
 
+import os
+import sys
 from dataclasses import dataclass, field
 
 from transformers import Trainer
 
 from beit3_hf import BEiT3ForImageTextRetrieval
+from beit3_hf.collators import ImageTextCollator
 from beit3_hf.metrics import retrieval_recall
-from beit3_hf.training import (
+
+# the helpers next to this script, also when it is imported (tests) rather than run
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainer_utils import (  # noqa: E402
     DataArguments,
-    ImageTextCollator,
     load_processor,
     load_task_dataset,
     parse_arguments,
@@ -56,7 +61,8 @@ def evaluate_retrieval(trainer, eval_dataset, image_id_column: str) -> dict:
     return {**output.metrics, **{f"eval_{name}": value for name, value in recalls.items()}}
 
 
-def main(args=None) -> dict:
+def main(args=None, callbacks=None) -> dict:
+    """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
     model_args, data_args, training_args = parse_arguments(RetrievalArguments, args, learning_rate=5e-5)
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
@@ -71,6 +77,7 @@ def main(args=None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=processor,
+        callbacks=callbacks,
         # keep the embeddings, drop the per-batch similarity matrices
         preprocess_logits_for_metrics=lambda outputs, labels: (outputs[2], outputs[3]),
     )

@@ -8,15 +8,20 @@ a local `imagefolder` whose `metadata.jsonl` has `left_image_file_name`, `right_
         --dataset_dir data/shapes/nlvr2 --output_dir runs/nlvr2
 """
 
+import os
+import sys
 from dataclasses import dataclass, field
 
 from transformers import Trainer
 
 from beit3_hf import BEiT3ForVisualReasoning
+from beit3_hf.collators import ImageTextCollator
 from beit3_hf.metrics import accuracy
-from beit3_hf.training import (
+
+# the helpers next to this script, also when it is imported (tests) rather than run
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainer_utils import (  # noqa: E402
     DataArguments,
-    ImageTextCollator,
     load_processor,
     load_task_dataset,
     parse_arguments,
@@ -35,7 +40,8 @@ class VisualReasoningArguments(DataArguments):
     label_column: str = field(default="label")
 
 
-def main(args=None) -> dict:
+def main(args=None, callbacks=None) -> dict:
+    """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
     model_args, data_args, training_args = parse_arguments(VisualReasoningArguments, args, learning_rate=5e-5)
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
@@ -56,6 +62,7 @@ def main(args=None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=processor,
+        callbacks=callbacks,
         compute_metrics=lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)},
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
     )

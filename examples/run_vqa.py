@@ -12,16 +12,22 @@ training split seen at least `--min_answer_count` times. Targets are VQAv2 soft 
 and the metric is the VQA score, also per `question_type` when the data has that column.
 """
 
+import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from transformers import Trainer
 
 from beit3_hf import BEiT3Config, BEiT3ForVisualQuestionAnswering
+from beit3_hf.collators import VQACollator
 from beit3_hf.metrics import vqa_score
-from beit3_hf.training import (
+from beit3_hf.vqa import build_answer_vocab
+
+# the helpers next to this script, also when it is imported (tests) rather than run
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainer_utils import (  # noqa: E402
     DataArguments,
-    VQACollator,
     load_processor,
     load_task_dataset,
     parse_arguments,
@@ -30,7 +36,6 @@ from beit3_hf.training import (
     text_length,
     train_and_evaluate,
 )
-from beit3_hf.vqa import build_answer_vocab
 
 
 @dataclass
@@ -64,7 +69,8 @@ def checkpoint_answers(model_name_or_path: str | None) -> list[str] | None:
     return None if all(answer == f"LABEL_{i}" for i, answer in enumerate(answers)) else answers
 
 
-def main(args=None) -> dict:
+def main(args=None, callbacks=None) -> dict:
+    """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
     model_args, data_args, training_args = parse_arguments(VQAArguments, args, learning_rate=5e-5)
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
@@ -104,6 +110,7 @@ def main(args=None) -> dict:
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=processor,
+        callbacks=callbacks,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
     )

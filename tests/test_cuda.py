@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import beit3_hf
-from beit3_hf.training import apply_lora, load_model
+from beit3_hf.peft_utils import apply_lora, load_model
 from conftest import TINY, make_inputs, tiny_config
 
 DEVICE = os.environ.get("BEIT3_TEST_DEVICE", "cuda")

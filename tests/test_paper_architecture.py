@@ -18,6 +18,8 @@ from beit3_hf.parameter_groups import PARAMETER_GROUPS, count_parameters_by_grou
 from conftest import make_inputs, tiny_config
 from official import build_official, needs_official
 
+pytestmark = pytest.mark.kernel_sensitive  # numbers compared across kernels and orders: CI reruns these
+
 NUM_LAYERS, NUM_IMAGE_TEXT_LAYERS = 4, 2
 PAPER = dict(multiway_attention=False, num_image_text_layers=NUM_IMAGE_TEXT_LAYERS, num_hidden_layers=NUM_LAYERS)
 EXPERTS = ("image", "text", "image_text")

@@ -12,7 +12,7 @@ from conftest import make_inputs
 
 from official import build_official, needs_official, official_modules
 
-pytestmark = needs_official
+pytestmark = [needs_official, pytest.mark.kernel_sensitive]
 
 ATOL = 1e-4
 IMPLEMENTATIONS = ["eager", "sdpa"]
