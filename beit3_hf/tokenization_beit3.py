@@ -5,7 +5,17 @@ longer works, and its look-alikes fail silently: `XLMRobertaTokenizer(vocab_file
 `from_pretrained` on a folder holding only `beit3.spm` both build a 5-token placeholder vocabulary that maps every
 word to `<unk>`. This module converts the SentencePiece model once into a `tokenizer.json` +
 `tokenizer_config.json` folder that `AutoTokenizer.from_pretrained(folder)` loads offline with neither
-`sentencepiece` nor `protobuf` installed, and checks that the result is the real vocabulary.
+`sentencepiece` nor `protobuf` installed, and checks that the result is the real vocabulary and, when
+`sentencepiece` is installed, that it gives SentencePiece's own ids.
+
+The fast tokenizer follows SentencePiece step by step: its normalizer (character map, removal of extra spaces, dummy
+prefix, `▁` for spaces), then the Unigram model over the whole text with no pre-tokenizer, so whitespace that the
+model keeps (a tab under identity rules) stays a character and a user-defined symbol keeps the `▁` before it.
+`load_beit3_tokenizer(folder)` loads that pipeline as saved; `AutoTokenizer.from_pretrained(folder)` does not, as
+`XLMRobertaTokenizer.__init__` rebuilds XLM-R's own (character map, then a split at every whitespace character),
+and `convert_spm_to_tokenizer` warns when that changes the ids. Known difference left: tokenizers' `Precompiled`
+normalizer rewrites some grapheme clusters unlike SentencePiece (NBSP + a combining accent loses the accent,
+half-width "ﾃﾞ" is not composed).
 
 The conversion reads the SentencePiece model file itself (a small protobuf message, decoded here without the
 `protobuf` package) and lays the vocabulary out as fairseq / XLM-R does:
@@ -30,7 +40,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizers import AddedToken
+from tokenizers import AddedToken, Regex, Tokenizer, normalizers
 from transformers import XLMRobertaTokenizer
 from transformers.utils import logging
 
@@ -56,7 +66,8 @@ _MASK_TOKEN = "<mask>"
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 _MODEL_TYPE_NAMES = {1: "UNIGRAM", 2: "BPE", 3: "WORD", 4: "CHAR"}
 
-# Sentences whose ids are compared against `sentencepiece` itself after conversion (when it is installed).
+# Sentences whose ids are compared against `sentencepiece` itself after conversion (when it is installed);
+# `_probe_sentences` adds whitespace, NFKC and user-defined-symbol cases to them.
 _PROBE_SENTENCES = (
     "a fish on a bike",
     "Hello world!",
@@ -64,6 +75,17 @@ _PROBE_SENTENCES = (
     "Two dogs are playing in the snow near 3 trees.",
     "The quick brown fox jumps over the lazy dog",
 )
+# Whitespace that identity rules keep as characters and NFKC rules map to a space (except U+0085, which they keep;
+# XLM-R's whitespace split drops it), and runs of spaces.
+_WHITESPACE_PROBES = (
+    "\t", "\n", "\r", "\r\n", "\u00a0", "\u2003", "\u3000", "\u0085", "\u2028", "\u200b", "  ", "  \t ",
+)  # fmt: skip
+# Characters that NFKC rewrites (full width, ligatures, circled digits, superscripts, units, decomposed accents)
+# and the literal "▁", which SentencePiece drops at the end of the text only.
+_NFKC_PROBES = ("ｆｕｌｌ ｗｉｄｔｈ", "ﬁsh ﬂag", "①② x² ㎏ ½", "Å e\u0301 ß ™…", "ｶﾀｶﾅ", "▁a ▁ b▁")
+
+# `FLT_MIN`, the floor of SentencePiece's best normal-piece score when scoring user-defined pieces.
+_FLT_MIN = 1.17549435e-38
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -82,6 +104,9 @@ class SentencePieceModel:
         precompiled_charsmap: the normalization rules compiled into a double-array trie (empty for "identity").
         normalizer_name: e.g. `"nmt_nfkc"` or `"identity"`.
         add_dummy_prefix: whether SentencePiece prepends a space (`▁`) to the text.
+        remove_extra_whitespaces: whether it drops leading and trailing spaces and merges runs of spaces.
+        escape_whitespaces: whether it writes spaces as `▁`.
+        treat_whitespace_as_suffix: whether the `▁` goes after words instead of before (`TrainerSpec`).
     """
 
     pieces: list[tuple[str, float, int]] = field(default_factory=list)
@@ -89,6 +114,9 @@ class SentencePieceModel:
     precompiled_charsmap: bytes = b""
     normalizer_name: str = ""
     add_dummy_prefix: bool = True
+    remove_extra_whitespaces: bool = True
+    escape_whitespaces: bool = True
+    treat_whitespace_as_suffix: bool = False
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -180,8 +208,9 @@ def read_sentencepiece_model(spm_path: str | os.PathLike) -> SentencePieceModel:
     """Decodes a SentencePiece model file (`*.model`, `*.spm`, ...) with no dependency on `protobuf`.
 
     Only the fields needed to rebuild the tokenizer are read (see `sentencepiece_model.proto`: `ModelProto.pieces` = 1,
-    `trainer_spec` = 2 with `model_type` = 3, `normalizer_spec` = 3 with `name` = 1, `precompiled_charsmap` = 2 and
-    `add_dummy_prefix` = 3); everything else is skipped.
+    `trainer_spec` = 2 with `model_type` = 3 and `treat_whitespace_as_suffix` = 24, `normalizer_spec` = 3 with
+    `name` = 1, `precompiled_charsmap` = 2, `add_dummy_prefix` = 3, `remove_extra_whitespaces` = 4 and
+    `escape_whitespaces` = 5); everything else is skipped.
 
     Raises:
         FileNotFoundError: `spm_path` does not exist.
@@ -200,6 +229,8 @@ def read_sentencepiece_model(spm_path: str | os.PathLike) -> SentencePieceModel:
                 for sub_number, sub_wire, sub_value in _iter_fields(value):
                     if sub_number == 3 and sub_wire == 0:
                         model.model_type = sub_value
+                    elif sub_number == 24 and sub_wire == 0:
+                        model.treat_whitespace_as_suffix = bool(sub_value)
             elif number == 3 and wire_type == 2:  # NormalizerSpec
                 for sub_number, sub_wire, sub_value in _iter_fields(value):
                     if sub_number == 1 and sub_wire == 2:
@@ -208,6 +239,10 @@ def read_sentencepiece_model(spm_path: str | os.PathLike) -> SentencePieceModel:
                         model.precompiled_charsmap = bytes(sub_value)
                     elif sub_number == 3 and sub_wire == 0:
                         model.add_dummy_prefix = bool(sub_value)
+                    elif sub_number == 4 and sub_wire == 0:
+                        model.remove_extra_whitespaces = bool(sub_value)
+                    elif sub_number == 5 and sub_wire == 0:
+                        model.escape_whitespaces = bool(sub_value)
     except (ValueError, UnicodeDecodeError, struct.error) as error:
         raise ValueError(f"{str(spm_path)!r} is not a valid SentencePiece model: {error}") from error
     if not model.pieces:
@@ -243,14 +278,105 @@ def _check_xlmr_layout(model: SentencePieceModel, spm_path) -> None:
         )
 
 
+def _check_expressible(model: SentencePieceModel, spm_path) -> None:
+    """Refuses the SentencePiece settings that a tokenizers pipeline cannot reproduce id for id."""
+    name = str(spm_path)
+    if model.treat_whitespace_as_suffix:
+        raise ValueError(f"{name!r} sets treat_whitespace_as_suffix=true, which the converter does not support.")
+    if model.precompiled_charsmap and not model.remove_extra_whitespaces:
+        raise ValueError(
+            f"{name!r} sets remove_extra_whitespaces=false with the {model.normalizer_name!r} rules, which the "
+            "converter does not support: tokenizers' Precompiled normalizer rewrites '\\r\\n' as one character, "
+            "SentencePiece as two, and without the merging of spaces the ids differ."
+        )
+    unused = [piece for piece, _, piece_type in model.pieces if piece_type == _UNUSED]
+    if unused:
+        raise ValueError(
+            f"{name!r} has unused pieces {unused[:5]}, which SentencePiece never emits and a Unigram fast "
+            "tokenizer cannot exclude."
+        )
+    charsmap = normalizers.Precompiled(model.precompiled_charsmap) if model.precompiled_charsmap else None
+    for piece, _, piece_type in model.pieces:
+        if piece_type != _USER_DEFINED:
+            continue
+        # SentencePiece matches user-defined symbols in the raw text; the fast tokenizer finds them after
+        # normalization, which is the same only for symbols that normalization leaves alone.
+        if any(char.isspace() for char in piece) or (charsmap and charsmap.normalize_str(piece) != piece):
+            raise ValueError(
+                f"{name!r} has the user-defined symbol {piece!r}, which contains whitespace or is changed by the "
+                f"{model.normalizer_name!r} rules; the converter supports only symbols that normalization leaves "
+                "unchanged."
+            )
+
+
+def _sentencepiece_normalizer(model: SentencePieceModel) -> normalizers.Normalizer:
+    """SentencePiece's `Normalizer::Normalize` for this model's `NormalizerSpec`, as a tokenizers normalizer.
+
+    As in SentencePiece, only the space (after the character map) counts as whitespace, so a tab that the rules
+    keep stays a tab, and "leading" and "trailing" mean at the ends of the text, not of its lines.
+    """
+    steps = [normalizers.Precompiled(model.precompiled_charsmap)] if model.precompiled_charsmap else []
+    if model.remove_extra_whitespaces:
+        steps += [normalizers.Replace(Regex(r"\A +"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if model.add_dummy_prefix:
+        steps.append(normalizers.Prepend(" "))  # `Prepend` leaves "" alone: no prefix on blank text
+    if model.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "\u2581"))
+    if model.remove_extra_whitespaces:
+        # The trailing spaces go last, after escaping, so a literal "▁" at the end goes too, as in SentencePiece.
+        space = "\u2581" if model.escape_whitespaces else " "
+        steps.append(normalizers.Replace(Regex(f"{space}+\\z"), ""))
+    return normalizers.Sequence(steps)
+
+
+def _unigram_vocab(model: SentencePieceModel) -> list[tuple[str, float]]:
+    """The XLM-R layout of the vocabulary, with the scores SentencePiece's Viterbi search gives each piece.
+
+    SentencePiece scores a user-defined piece `length * max(FLT_MIN, best normal score) - 0.1` (about -0.1), so it
+    beats any split of the same text into normal pieces; the model file stores 0 for it.
+    """
+    best = max([_FLT_MIN] + [score for _, score, piece_type in model.pieces if piece_type == _NORMAL])
+    vocab = [(token, 0.0) for token in _XLMR_SPECIALS]
+    vocab += [
+        (piece, len(piece.encode("utf-8")) * best - 0.1 if piece_type == _USER_DEFINED else score)
+        for piece, score, piece_type in model.pieces[3:]
+    ]
+    vocab.append((_MASK_TOKEN, 0.0))
+    return vocab
+
+
 def _spm_ids_to_xlmr(ids: list[int]) -> list[int]:
     """Maps SentencePiece ids to XLM-R ids: unk 0 → 3, bos 1 → 0, eos 2 → 2, piece k → k + 1."""
     special = {0: 3, 1: 0, 2: 2}
     return [special.get(i, i + 1) for i in ids]
 
 
+def _normal_ids(model: SentencePieceModel) -> list[int]:
+    return [i for i, (_, _, piece_type) in enumerate(model.pieces) if i >= 3 and piece_type == _NORMAL]
+
+
+def _probe_sentences(model: SentencePieceModel) -> list[str]:
+    """The sentences `_verify` encodes with both tokenizers.
+
+    Besides `_PROBE_SENTENCES`: NFKC-sensitive text, every kind of whitespace alone, inside and around words, each
+    user-defined symbol alone, between spaces and glued to words, and a sentence of vocabulary pieces (so that
+    non-English vocabularies get a real test).
+    """
+    probes = list(_PROBE_SENTENCES) + list(_NFKC_PROBES)
+    for space in _WHITESPACE_PROBES:
+        probes += [space, f"a{space}fish", f"{space}a fish on{space}"]
+    for symbol in (piece for piece, _, piece_type in model.pieces if piece_type == _USER_DEFINED):
+        probes += [symbol, f"a {symbol} fish", f"a{symbol}fish {symbol}", f" {symbol}  {symbol}{symbol} "]
+        probes.append(f"\t{symbol}\n.")
+    normal_ids = _normal_ids(model)
+    words = [model.pieces[i][0].replace("\u2581", " ").strip() for i in normal_ids[:: max(1, len(normal_ids) // 8)]]
+    probes.append(" ".join(word for word in words[:8] if word))
+    return probes
+
+
 def _verify(tokenizer, model: SentencePieceModel, spm_path) -> None:
-    """Raises `ValueError` unless `tokenizer` holds the whole SentencePiece vocabulary in the XLM-R layout."""
+    """Raises `ValueError` unless `tokenizer` holds the whole SentencePiece vocabulary in the XLM-R layout and, when
+    `sentencepiece` is installed, encodes every probe sentence as SentencePiece does."""
     name = str(spm_path)
     expected_size = len(model.pieces) + 2
     if len(tokenizer) <= 5 or len(tokenizer) != expected_size:
@@ -263,7 +389,7 @@ def _verify(tokenizer, model: SentencePieceModel, spm_path) -> None:
         if tokenizer.convert_tokens_to_ids(token) != token_id:
             raise ValueError(f"{token} should have id {token_id} in the tokenizer converted from {name!r}.")
     # A spread of ordinary pieces must sit at spm id + 1.
-    normal_ids = [i for i, (_, _, piece_type) in enumerate(model.pieces) if i >= 3 and piece_type == _NORMAL]
+    normal_ids = _normal_ids(model)
     step = max(1, len(normal_ids) // 32)
     for spm_id in normal_ids[::step]:
         piece = model.pieces[spm_id][0]
@@ -276,11 +402,7 @@ def _verify(tokenizer, model: SentencePieceModel, spm_path) -> None:
         logger.info("sentencepiece is not installed: skipping the comparison of ids with SentencePiece itself.")
         return
     processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_path))
-    # Also probe with a "sentence" made of vocabulary pieces, so that non-English vocabularies get a real test.
-    sampled = normal_ids[:: max(1, len(normal_ids) // 8)][:8]
-    words = [model.pieces[i][0].replace("\u2581", " ").strip() for i in sampled]
-    probes = list(_PROBE_SENTENCES) + [" ".join(word for word in words if word)]
-    for sentence in probes:
+    for sentence in _probe_sentences(model):
         expected = [0] + _spm_ids_to_xlmr(processor.encode(sentence)) + [2]
         got = tokenizer(sentence)["input_ids"]
         if got != expected:
@@ -292,24 +414,21 @@ def _verify(tokenizer, model: SentencePieceModel, spm_path) -> None:
 
 def _build(model: SentencePieceModel, spm_path, model_max_length: int) -> XLMRobertaTokenizer:
     _check_xlmr_layout(model, spm_path)
-    vocab = [(token, 0.0) for token in _XLMR_SPECIALS]
-    vocab += [(piece, score) for piece, score, _ in model.pieces[3:]]
-    vocab.append((_MASK_TOKEN, 0.0))
+    _check_expressible(model, spm_path)
     tokenizer = XLMRobertaTokenizer(
-        vocab=vocab,
-        add_prefix_space=model.add_dummy_prefix,
-        _spm_precompiled_charsmap=model.precompiled_charsmap or None,
-        model_max_length=model_max_length,
+        vocab=_unigram_vocab(model), add_prefix_space=model.add_dummy_prefix, model_max_length=model_max_length
     )
-    # As transformers' own SentencePiece conversion does: control pieces become special added tokens and
-    # user-defined pieces added tokens matched before normalization (both keep their vocabulary ids).
-    added_tokens = [
-        AddedToken(piece, normalized=False, special=piece_type == _CONTROL)
-        for piece, _, piece_type in model.pieces[3:]
-        if piece_type in (_CONTROL, _USER_DEFINED)
-    ]
-    if added_tokens:
-        tokenizer.add_tokens(added_tokens)
+    # XLM-R's own pipeline splits the text at every whitespace character and adds `▁` to each word; SentencePiece
+    # normalizes the text and runs the model over all of it.
+    backend = tokenizer.backend_tokenizer
+    backend.normalizer = _sentencepiece_normalizer(model)
+    backend.pre_tokenizer = None
+    # As transformers' own SentencePiece conversion does, control pieces become special added tokens (keeping
+    # their vocabulary ids). User-defined pieces are not added tokens: those are cut out before normalization,
+    # which would drop the `▁` SentencePiece puts before them.
+    control = [AddedToken(piece, normalized=False, special=True) for piece, _, t in model.pieces[3:] if t == _CONTROL]
+    if control:
+        tokenizer.add_tokens(control)
     return tokenizer
 
 
@@ -323,12 +442,15 @@ def build_tokenizer_from_spm(
             name (`beit3.spm`, `sentencepiece.bpe.model`, ...).
         model_max_length: the tokenizer's `model_max_length` (64 in the original fine-tuning scripts).
         verify: check the vocabulary size, the special ids, a spread of pieces and (if `sentencepiece` is installed)
-            the ids of a few sentences against SentencePiece itself.
+            the ids of probe sentences (every kind of whitespace, NFKC-sensitive characters, each user-defined
+            symbol) against SentencePiece itself.
 
     Raises:
         FileNotFoundError: `spm_path` does not exist.
-        ValueError: the file is not a Unigram SentencePiece model with the XLM-R special pieces, or the result
-            fails verification.
+        ValueError: the file is not a Unigram SentencePiece model with the XLM-R special pieces, uses a setting
+            that the fast tokenizer cannot reproduce (`treat_whitespace_as_suffix`, `remove_extra_whitespaces=false`
+            with normalization rules, unused pieces, user-defined symbols that normalization changes), or the
+            result fails verification.
     """
     model = read_sentencepiece_model(spm_path)
     tokenizer = _build(model, spm_path, model_max_length)
@@ -345,10 +467,11 @@ def convert_spm_to_tokenizer(
     """Converts a SentencePiece model into a fast-tokenizer folder that loads offline without sentencepiece/protobuf.
 
     Writes `tokenizer.json` and `tokenizer_config.json` (`"tokenizer_class": "XLMRobertaTokenizer"`) to
-    `output_dir`, reloads them, and checks that the reloaded tokenizer has the full vocabulary in the XLM-R layout
-    (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, spm id k → k + 1, `<mask>` = len(spm) + 1) and encodes like the
-    in-memory one. Neither `sentencepiece` nor `protobuf` is needed; when `sentencepiece` is installed the ids of a
-    few sentences are also compared with SentencePiece's own.
+    `output_dir`, reloads them with `load_beit3_tokenizer`, and checks that the reloaded tokenizer has the full
+    vocabulary in the XLM-R layout (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, spm id k → k + 1, `<mask>` =
+    len(spm) + 1) and encodes like the in-memory one. Neither `sentencepiece` nor `protobuf` is needed; when
+    `sentencepiece` is installed the ids of the probe sentences are also compared with SentencePiece's own, and a
+    warning says when `AutoTokenizer.from_pretrained(output_dir)`, which rebuilds XLM-R's pipeline, gives other ids.
 
     Example:
 
@@ -378,11 +501,20 @@ def convert_spm_to_tokenizer(
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(output_dir)
 
-    reloaded = XLMRobertaTokenizer.from_pretrained(output_dir)
+    reloaded = load_beit3_tokenizer(output_dir)
     _verify(reloaded, model, spm_path)
-    for sentence in _PROBE_SENTENCES:
+    probes = _probe_sentences(model)
+    for sentence in probes:
         if reloaded(sentence)["input_ids"] != tokenizer(sentence)["input_ids"]:
             raise ValueError(f"The tokenizer saved to {str(output_dir)!r} encodes {sentence!r} differently.")
+    rebuilt = XLMRobertaTokenizer.from_pretrained(output_dir)  # what `AutoTokenizer` gives
+    differing = next((text for text in probes if rebuilt(text)["input_ids"] != reloaded(text)["input_ids"]), None)
+    if differing is not None:
+        logger.warning(
+            f"AutoTokenizer.from_pretrained({str(output_dir)!r}) rebuilds XLM-R's whitespace-splitting pipeline "
+            f"instead of loading the one in tokenizer.json, and gives other ids for {differing!r}; "
+            "beit3_hf.load_beit3_tokenizer loads the folder with the pipeline that matches SentencePiece."
+        )
     return reloaded
 
 
@@ -397,7 +529,9 @@ def _find_spm_file(directory: Path) -> Path | None:
 def load_beit3_tokenizer(path: str | os.PathLike, **kwargs) -> XLMRobertaTokenizer:
     """Loads the BEiT-3 tokenizer from whatever form it comes in.
 
-    - a folder with `tokenizer.json` (e.g. written by `convert_spm_to_tokenizer`): loaded as `XLMRobertaTokenizer`;
+    - a folder with `tokenizer.json` (e.g. written by `convert_spm_to_tokenizer`): loaded as `XLMRobertaTokenizer`
+      with the normalizer and pre-tokenizer saved in `tokenizer.json` (`XLMRobertaTokenizer.from_pretrained` alone
+      would replace them with XLM-R's own);
     - a folder with only a SentencePiece model (`sentencepiece.bpe.model`, `beit3.spm`, `*.spm`, `*.model`):
       converted in memory;
     - a SentencePiece model file: converted in memory.
@@ -409,6 +543,9 @@ def load_beit3_tokenizer(path: str | os.PathLike, **kwargs) -> XLMRobertaTokeniz
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
             tokenizer = XLMRobertaTokenizer.from_pretrained(path, **kwargs)
+            saved = Tokenizer.from_file(str(path / "tokenizer.json"))
+            tokenizer.backend_tokenizer.normalizer = saved.normalizer
+            tokenizer.backend_tokenizer.pre_tokenizer = saved.pre_tokenizer
         else:
             spm_file = _find_spm_file(path)
             if spm_file is None:

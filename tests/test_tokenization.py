@@ -9,15 +9,19 @@ import base64
 import importlib.util
 import io
 import json
+import logging
 import os
+import random
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from tokenizers import AddedToken
 from transformers import AutoTokenizer, XLMRobertaTokenizer
 
+from beit3_hf import tokenization_beit3
 from beit3_hf.tokenization_beit3 import (
     build_tokenizer_from_spm,
     convert_spm_to_tokenizer,
@@ -41,11 +45,11 @@ CORPUS = [
 ] * 25
 
 
-def train_spm(path: Path, model_type: str = "unigram", **overrides) -> Path:
+def train_spm(path: Path, model_type: str = "unigram", corpus=CORPUS, **overrides) -> Path:
     """Trains a tiny SentencePiece model with the BEiT-3 special layout (unk 0, bos 1, eos 2, no pad)."""
     buffer = io.BytesIO()
     options = dict(
-        sentence_iterator=iter(CORPUS),
+        sentence_iterator=iter(corpus),
         model_writer=buffer,
         vocab_size=120,
         hard_vocab_limit=False,
@@ -300,3 +304,173 @@ def test_converting_the_rebuilt_xlmr_spm_reproduces_its_ids(xlmr_reference, tmp_
     assert len(converted) == 250002
     for text in MULTILINGUAL:
         assert converted(text)["input_ids"] == xlmr_reference(text)["input_ids"], text
+    processor = spm.SentencePieceProcessor(model_file=str(spm_path))
+    texts = random_texts(500, seed=1, words=[word for text in MULTILINGUAL for word in text.split()])
+    assert converted(texts)["input_ids"] == [xlmr_ids(processor, text) for text in texts]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Same ids as SentencePiece: identity rules, user-defined symbols, NFKC rules
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Text with the characters that SentencePiece keeps under identity rules, so that they become real pieces.
+PARITY_CORPUS = CORPUS + [
+    "an [IMG] of a zzq cat",
+    "a\tfish\ton a bike",
+    "two\u00a0dogs\u3000play\u2003in the\nsnow",
+    "ｆｕｌｌ width ﬁsh ①",
+] * 10
+SYMBOLS = ["[IMG]", "zzq"]
+PARITY_MODELS = {
+    "identity": dict(),
+    "user_defined": dict(user_defined_symbols=SYMBOLS),
+    "nmt_nfkc": dict(normalization_rule_name="nmt_nfkc"),
+    "nmt_nfkc_user_defined": dict(normalization_rule_name="nmt_nfkc", user_defined_symbols=SYMBOLS),
+    "identity_raw_spaces": dict(remove_extra_whitespaces=False, add_dummy_prefix=False, user_defined_symbols=SYMBOLS),
+}
+WHITESPACE = [" ", "  ", "   ", "\t", "\n", "\r", "\r\n", "\u00a0", "\u2003", "\u3000", "\u0085", "\u2028", "\u200b"]
+# Whole grapheme clusters only: tokenizers' Precompiled normalizer rewrites a cluster that starts with a character
+# the rules change (NBSP + a combining accent) as a whole, SentencePiece character by character.
+NON_ASCII = ["é", "e\u0301", "ü", "ß", "Å", "ﬁ", "ｆｕｌｌ", "①", "²", "㎏", "½", "™", "…", "’", "ℌ", "ǅ", "\u00ad"]
+NON_ASCII += ["東京", "Привет", "😀", "▁", "ｶﾀｶﾅ"]
+WORDS = sorted({word for text in CORPUS for word in text.split()})
+
+
+def random_texts(count: int, seed: int, words=WORDS) -> list[str]:
+    """Strings glued from words, whitespace of every kind, the user-defined symbols, non-ASCII characters and ASCII
+    punctuation, in random order (so symbols come both between spaces and glued to words)."""
+    rng = random.Random(seed)
+    kinds = [words, WHITESPACE, SYMBOLS, NON_ASCII, ["a", "Q", "x9", ".", ",", "!?", "-", "'", '"', "(", ")"]]
+    return ["".join(rng.choice(rng.choice(kinds)) for _ in range(rng.randint(0, 9))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def parity_models(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("parity_spm")
+    return {
+        name: train_spm(directory / f"{name}.spm", corpus=PARITY_CORPUS, **options)
+        for name, options in PARITY_MODELS.items()
+    }
+
+
+@pytest.mark.parametrize("name", PARITY_MODELS)
+def test_converted_ids_equal_sentencepiece_on_random_strings(parity_models, name, tmp_path):
+    spm_path = parity_models[name]
+    processor = spm.SentencePieceProcessor(model_file=str(spm_path))
+    tokenizer = convert_spm_to_tokenizer(spm_path, tmp_path / "tokenizer")
+    texts = random_texts(2000, seed=len(name))
+    expected = [xlmr_ids(processor, text) for text in texts]
+    mismatches = [(t, e, g) for t, e, g in zip(texts, expected, tokenizer(texts)["input_ids"]) if e != g]
+    assert mismatches == []
+    assert sum(len(ids) for ids in expected) > 2000 * 4  # the strings are not mostly empty
+
+
+def test_the_issue_examples(parity_models):
+    identity = spm.SentencePieceProcessor(model_file=str(parity_models["identity"]))
+    assert identity.encode("a\tb", out_type=str) == ["▁a", "\t", "b"]  # SentencePiece keeps the tab
+    user_defined = spm.SentencePieceProcessor(model_file=str(parity_models["user_defined"]))
+    text = "an [IMG] of zzq cat"
+    assert user_defined.encode(text, out_type=str).count("▁") == 2  # the "▁" before each symbol
+    for processor, spm_path, sample in ((identity, "identity", "a\tb"), (user_defined, "user_defined", text)):
+        tokenizer = build_tokenizer_from_spm(parity_models[spm_path])
+        assert tokenizer(sample)["input_ids"] == xlmr_ids(processor, sample)
+        assert tokenizer.tokenize(sample) == processor.encode(sample, out_type=str)
+
+
+def _pre_fix_build(model, spm_path, model_max_length):
+    """The converter's pipeline before the fix: XLM-R's whitespace split, user-defined pieces as added tokens."""
+    vocab = [(token, 0.0) for token in ("<s>", "<pad>", "</s>", "<unk>")]
+    vocab += [(piece, score) for piece, score, _ in model.pieces[3:]] + [("<mask>", 0.0)]
+    tokenizer = XLMRobertaTokenizer(
+        vocab=vocab,
+        add_prefix_space=model.add_dummy_prefix,
+        _spm_precompiled_charsmap=model.precompiled_charsmap or None,
+    )
+    tokenizer.add_tokens([AddedToken(piece, normalized=False) for piece, _, kind in model.pieces if kind == 4])
+    return tokenizer
+
+
+@pytest.mark.parametrize("name", ["identity", "user_defined"])
+def test_verification_catches_the_pre_fix_pipeline(parity_models, name, monkeypatch, tmp_path):
+    spm_path = parity_models[name]
+    processor = spm.SentencePieceProcessor(model_file=str(spm_path))
+    monkeypatch.setattr(tokenization_beit3, "_build", _pre_fix_build)
+    old = build_tokenizer_from_spm(spm_path, verify=False)
+    # The old probe sentences pass: that is how the bugs went unnoticed.
+    assert all(old(text)["input_ids"] == xlmr_ids(processor, text) for text in tokenization_beit3._PROBE_SENTENCES)
+    with pytest.raises(ValueError, match="disagrees with SentencePiece"):
+        build_tokenizer_from_spm(spm_path)
+    with pytest.raises(ValueError, match="disagrees with SentencePiece"):
+        convert_spm_to_tokenizer(spm_path, tmp_path / "tokenizer")
+
+
+def test_autotokenizer_rebuild_is_reported(parity_models, tmp_path, caplog):
+    # transformers' XLMRobertaTokenizer.__init__ rebuilds XLM-R's whitespace-splitting pipeline on load.
+    spm_path = parity_models["identity"]
+    with caplog.at_level(logging.WARNING, logger=tokenization_beit3.__name__):
+        converted = convert_spm_to_tokenizer(spm_path, tmp_path / "tokenizer")
+    assert "AutoTokenizer.from_pretrained" in caplog.text and "load_beit3_tokenizer" in caplog.text
+    processor = spm.SentencePieceProcessor(model_file=str(spm_path))
+    assert load_beit3_tokenizer(tmp_path / "tokenizer")("a\tb")["input_ids"] == xlmr_ids(processor, "a\tb")
+    assert converted("a\tb")["input_ids"] == xlmr_ids(processor, "a\tb")
+    assert AutoTokenizer.from_pretrained(tmp_path / "tokenizer")("a\tb")["input_ids"] != xlmr_ids(processor, "a\tb")
+
+
+@pytest.mark.parametrize(
+    "options, setting",
+    [
+        (dict(treat_whitespace_as_suffix=True), "treat_whitespace_as_suffix"),
+        (dict(normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=False), "remove_extra_whitespaces"),
+        (dict(normalization_rule_name="nmt_nfkc", user_defined_symbols=["ｉｍｇ"]), "'ｉｍｇ'"),
+    ],
+)
+def test_settings_the_fast_tokenizer_cannot_reproduce_are_refused(tmp_path, options, setting):
+    spm_path = train_spm(tmp_path / "model.spm", corpus=PARITY_CORPUS, **options)
+    for convert in (build_tokenizer_from_spm, lambda path: convert_spm_to_tokenizer(path, tmp_path / "out")):
+        with pytest.raises(ValueError, match=setting):
+            convert(spm_path)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not HAS_PROTOBUF, reason="marking a piece unused needs protobuf")
+def test_unused_pieces_are_refused(parity_models, tmp_path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(parity_models["identity"].read_bytes())
+    proto.pieces[10].type = proto.SentencePiece.UNUSED
+    (tmp_path / "unused.spm").write_bytes(proto.SerializeToString())
+    with pytest.raises(ValueError, match="unused pieces"):
+        build_tokenizer_from_spm(tmp_path / "unused.spm")
+
+
+@pytest.mark.skipif(not HAS_PROTOBUF, reason="comparing with sentencepiece's own reader needs protobuf")
+@pytest.mark.parametrize("name", PARITY_MODELS)
+def test_reader_reads_the_normalizer_spec(parity_models, name):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(parity_models[name].read_bytes())
+    model = read_sentencepiece_model(parity_models[name])
+    spec = proto.normalizer_spec
+    assert (model.normalizer_name, model.precompiled_charsmap) == (spec.name, spec.precompiled_charsmap)
+    flags = (model.add_dummy_prefix, model.remove_extra_whitespaces, model.escape_whitespaces)
+    assert flags == (spec.add_dummy_prefix, spec.remove_extra_whitespaces, spec.escape_whitespaces)
+    assert model.treat_whitespace_as_suffix == proto.trainer_spec.treat_whitespace_as_suffix
+
+
+@pytest.mark.skipif(not HAS_PROTOBUF, reason="setting escape_whitespaces=false (not trainable) needs protobuf")
+def test_no_dummy_prefix_no_space_removal_no_escaping(parity_models, tmp_path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(parity_models["user_defined"].read_bytes())
+    spec = proto.normalizer_spec
+    spec.add_dummy_prefix = spec.remove_extra_whitespaces = spec.escape_whitespaces = False
+    spm_path = tmp_path / "raw.spm"
+    spm_path.write_bytes(proto.SerializeToString())
+    model = read_sentencepiece_model(spm_path)
+    assert (model.add_dummy_prefix, model.remove_extra_whitespaces, model.escape_whitespaces) == (False, False, False)
+    processor = spm.SentencePieceProcessor(model_file=str(spm_path))
+    texts = random_texts(2000, seed=7)
+    assert build_tokenizer_from_spm(spm_path)(texts)["input_ids"] == [xlmr_ids(processor, text) for text in texts]
