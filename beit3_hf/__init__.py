@@ -2,12 +2,16 @@
 
 `import beit3_hf` registers the config, the backbone and every head with transformers' Auto classes, so
 `AutoModel.from_pretrained(local_dir)`, `AutoProcessor.from_pretrained(local_dir)` and `pipeline(...)` (including
-the `visual-question-answering` task that transformers 5 no longer ships) work on converted checkpoints.
+the `visual-question-answering` task that transformers 5 no longer ships) work on converted checkpoints. The BEiT v2
+visual tokenizer (model type "beit3_visual_tokenizer") is registered with AutoConfig, AutoModel and
+AutoImageProcessor too.
 """
 
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
 from .configuration_beit3 import BEIT3_PRESETS, BEiT3Config
+from .configuration_visual_tokenizer import BEiT3VisualTokenizerConfig
 from . import modeling_beit3
 from .modeling_beit3 import (
     BEiT3CaptioningOutput,
@@ -22,12 +26,17 @@ from .modeling_beit3 import (
     BEiT3Multiway,
     BEiT3PreTrainedModel,
 )
+from .modeling_visual_tokenizer import (
+    BEiT3VectorQuantizer,
+    BEiT3VisualTokenizer,
+    BEiT3VisualTokenizerOutput,
+)
 from .image_processing_beit3 import BEiT3ImageProcessor
 from .parameter_groups import count_parameters_by_group
 from .pipelines import BEiT3VisualQuestionAnsweringPipeline, register_pipelines
 from .processing_beit3 import BEiT3Processor, register_processors
 from .tasks import TASKS
-from .tokenization_beit3 import convert_spm_to_tokenizer, load_beit3_tokenizer
+from .tokenization_beit3 import BEiT3Tokenizer, convert_spm_to_tokenizer, load_beit3_tokenizer
 
 __version__ = "0.1.0"
 
@@ -37,6 +46,12 @@ for _task in TASKS.values():  # one Auto class per task (`tasks.py`)
         _task.auto_class.register(BEiT3Config, _task.model_class, exist_ok=True)
 register_processors()
 register_pipelines()
+AutoConfig.register(BEiT3VisualTokenizerConfig.model_type, BEiT3VisualTokenizerConfig, exist_ok=True)
+AutoModel.register(BEiT3VisualTokenizerConfig, BEiT3VisualTokenizer, exist_ok=True)
+# the tokenizer's processor is the BEiT-3 one (PIL, plus torchvision when installed) without normalisation
+AutoImageProcessor.register(
+    BEiT3VisualTokenizerConfig, image_processor_classes=dict(IMAGE_PROCESSOR_MAPPING[BEiT3Config]), exist_ok=True
+)
 
 __all__ = [
     *modeling_beit3.__all__,
@@ -44,7 +59,12 @@ __all__ = [
     "BEiT3Config",
     "BEiT3ImageProcessor",
     "BEiT3Processor",
+    "BEiT3Tokenizer",
+    "BEiT3VectorQuantizer",
     "BEiT3VisualQuestionAnsweringPipeline",
+    "BEiT3VisualTokenizer",
+    "BEiT3VisualTokenizerConfig",
+    "BEiT3VisualTokenizerOutput",
     "convert_spm_to_tokenizer",
     "load_beit3_tokenizer",
     "count_parameters_by_group",

@@ -2,13 +2,16 @@
 
     python -m beit3_hf.convert beit3_base_patch16_480_vqa.pth ./beit3-base-vqa [--spm beit3.spm]
     beit3-convert ORIGINAL.pth OUTPUT_DIR [--task vqa] [--num-attention-heads 12] [--push-to-hub user/repo]
+    beit3-convert vqkd_encoder_base_decoder_3x768x12_clip.pth OUTPUT_DIR --task visual_tokenizer
 
 Everything is inferred from the tensors: depth, width, FFN size, patch and image size, vocabulary, labels, whether
 the final LayerNorm exists, and which head the checkpoint holds. Every key must find a place and every parameter
-must be filled, or the conversion stops with one message listing what is wrong.
+must be filled, or the conversion stops with one message listing what is wrong. The BEiT v2 visual tokenizers
+(VQ-KD) convert the same way into `BEiT3VisualTokenizer`, with their [0, 1]-pixel image processor.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -18,12 +21,18 @@ import torch
 from transformers.utils import logging
 
 from .configuration_beit3 import BEiT3Config
+from .configuration_visual_tokenizer import (
+    TEACHER_NORMALIZATION,
+    BEiT3VisualTokenizerConfig,
+    visual_tokenizer_processor_kwargs,
+)
 from .image_processing_beit3 import BEiT3ImageProcessor
 from .model_cards import render_card
 from .modeling_beit3 import BEiT3Model
+from .modeling_visual_tokenizer import BEiT3VisualTokenizer
 from .processing_beit3 import BEiT3Processor
 from .processor_presets import processor_config_for
-from .tasks import RELEASED_CHECKPOINTS, TASKS, Signature, get_task, layouts
+from .tasks import RELEASED_CHECKPOINTS, RELEASED_VISUAL_TOKENIZERS, TASKS, Signature, get_task, layouts
 from .tokenization_beit3 import convert_spm_to_tokenizer
 
 logger = logging.get_logger(__name__)
@@ -57,13 +66,44 @@ BACKBONE_KEY_MAPPING = {
 }
 # fmt: on
 
+#: `--task` of the BEiT v2 visual tokenizer files, which hold no BEiT-3 model (they are no `TASKS` entry).
+VISUAL_TOKENIZER_TASK = "visual_tokenizer"
+
+# The tokenizer's keys: BEiT v2 ViTs under `encoder.` and `decoder.` (their fused `attn.qkv.weight` is split into
+# q/k/v in `convert_visual_tokenizer_state_dict`), the task layers and the quantizer.
+# fmt: off
+VISUAL_TOKENIZER_KEY_MAPPING = {
+    r"^(encoder|decoder)\.patch_embed\.proj\.(weight|bias)$":             r"\1.patch_embedding.\2",
+    r"^(encoder|decoder)\.cls_token$":                                    r"\1.cls_token",
+    r"^(encoder|decoder)\.pos_embed$":                                    r"\1.position_embedding",
+    r"^(encoder|decoder)\.blocks\.(\d+)\.norm(1|2)\.(weight|bias)$":       r"\1.layers.\2.layer_norm\3.\4",
+    r"^(encoder|decoder)\.blocks\.(\d+)\.attn\.(q|v)_bias$":               r"\1.layers.\2.attention.\3_proj.bias",
+    r"^(encoder|decoder)\.blocks\.(\d+)\.attn\.proj\.(weight|bias)$":      r"\1.layers.\2.attention.out_proj.\3",
+    r"^(encoder|decoder)\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)$":  r"\1.layers.\2.mlp.\3.\4",
+    r"^(encoder|decoder)\.fc_norm\.(weight|bias)$":                       r"\1.layer_norm.\2",
+    r"^encode_task_layer\.0\.(weight|bias)$":                             r"encoder_task_layer.fc1.\1",
+    r"^encode_task_layer\.2\.(weight|bias)$":                             r"encoder_task_layer.fc2.\1",
+    r"^decode_task_layer\.0\.(weight|bias)$":                             r"decoder_task_layer.fc1.\1",
+    r"^decode_task_layer\.2\.(weight|bias)$":                             r"decoder_task_layer.fc2.\1",
+    r"^quantize\.embedding\.weight$":                                     r"quantizer.codebook",
+    r"^quantize\.embedding\.initted$":                                    r"quantizer.initialized",
+    r"^quantize\.cluster_size$":                                          r"quantizer.cluster_size",
+}
+# fmt: on
+VISUAL_TOKENIZER_QKV = r"^(encoder|decoder)\.blocks\.(\d+)\.attn\.qkv\.weight$"
+#: The frozen teacher, its input scaling and the loss module serve training only; the release's loader drops them too.
+VISUAL_TOKENIZER_DROPPED_PREFIXES = ("teacher", "scaling", "loss")
+#: `EmbeddingEMA`'s own averages, which the release never reads (its `weight_update` is dead code).
+VISUAL_TOKENIZER_UNUSED_KEYS = ("quantize.embedding.cluster_size", "quantize.embedding.embed_avg")
+
 
 def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Reads a `.pth` safely (`weights_only=True`); weights may sit under "model", "module" or at the top level."""
+    """Reads a `.pth` safely (`weights_only=True`); weights may sit under "model", "module", "state_dict" or at the
+    top level."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(checkpoint).__name__}).")
-    for key in ("model", "module"):
+    for key in ("model", "module", "state_dict"):
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
             break
@@ -94,9 +134,9 @@ def detect_task(state_dict: dict[str, torch.Tensor]) -> str:
     return layouts()[detect_layout(state_dict)].task
 
 
-def _require(state_dict: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+def _require(state_dict: dict[str, torch.Tensor], key: str, kind: str = "BEiT-3") -> torch.Tensor:
     if key not in state_dict:
-        raise ValueError(f"Not a BEiT-3 checkpoint: the key {key!r} is missing.")
+        raise ValueError(f"Not a {kind} checkpoint: the key {key!r} is missing.")
     return state_dict[key]
 
 
@@ -212,8 +252,14 @@ def convert_checkpoint(
 ):
     """Converts `checkpoint_path`; saves the model (and its preprocessing) to `output_dir` when given."""
     original = load_original_state_dict(checkpoint_path)
-    config, task = infer_config(original, task=task, num_attention_heads=num_attention_heads)
     name = Path(checkpoint_path).stem
+    if task is None and "quantize.embedding.weight" in original:
+        task = VISUAL_TOKENIZER_TASK
+    if task == VISUAL_TOKENIZER_TASK:
+        if spm_path is not None or answer2label_path is not None:
+            raise ValueError("A visual tokenizer takes images only: drop `spm_path` / `answer2label_path`.")
+        return convert_visual_tokenizer(original, name, output_dir, num_attention_heads)
+    config, task = infer_config(original, task=task, num_attention_heads=num_attention_heads)
     released = RELEASED_CHECKPOINTS.get(name)
     if released is not None and released.image_size != config.image_size:
         raise ValueError(
@@ -244,6 +290,125 @@ def convert_checkpoint(
     return model
 
 
+def _num_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    blocks = {int(m.group(1)) for key in state_dict if (m := re.match(rf"{prefix}\.blocks\.(\d+)\.", key))}
+    if not blocks:
+        raise ValueError(f"Not a BEiT v2 visual tokenizer checkpoint: no `{prefix}.blocks.*` keys.")
+    return max(blocks) + 1
+
+
+def _teacher_of(state_dict: dict[str, torch.Tensor], teacher_hidden_size: int) -> str:
+    """The teacher: the one whose mean the saved scaling layer subtracts, else by width (CLIP 512, DINO 768)."""
+    shift = state_dict.get("scaling_layer.shift")
+    if shift is None:
+        return "dino" if teacher_hidden_size == 768 else "clip"
+    for teacher, (mean, _) in TEACHER_NORMALIZATION.items():
+        if shift.numel() == len(mean) and torch.allclose(shift.flatten().float(), torch.tensor(mean)):
+            return teacher
+    raise ValueError(f"`scaling_layer.shift` = {shift.flatten().tolist()} is neither the CLIP nor the ImageNet mean.")
+
+
+def infer_visual_tokenizer_config(
+    state_dict: dict[str, torch.Tensor], num_attention_heads: int | None = None
+) -> BEiT3VisualTokenizerConfig:
+    """The tokenizer's config read off its tensors; heads default to width / 64 (true of every release; at least
+    one) for both ViTs, and `num_attention_heads` overrides both."""
+    kind = "BEiT v2 visual tokenizer"
+    hidden_size, num_channels, patch_size, _ = _require(state_dict, "encoder.patch_embed.proj.weight", kind).shape
+    decoder_hidden_size, _, decoder_patch, _ = _require(state_dict, "decoder.patch_embed.proj.weight", kind).shape
+    codebook_size, codebook_dim = _require(state_dict, "quantize.embedding.weight", kind).shape
+    positions = _require(state_dict, "encoder.pos_embed", kind).shape[1]
+    decoder_positions = _require(state_dict, "decoder.pos_embed", kind).shape[1]
+    grid = math.isqrt(positions - 1)
+    if grid * grid != positions - 1:
+        raise ValueError(f"The encoder position table has {positions} rows, which is not 1 + a square grid.")
+    if decoder_patch != 1 or decoder_positions != positions:
+        raise ValueError(
+            f"The decoder must run over the {grid}x{grid} code grid with patch size 1, but its patch size is "
+            f"{decoder_patch} and its position table has {decoder_positions} rows (the encoder's: {positions})."
+        )
+    teacher_hidden_size = _require(state_dict, "decode_task_layer.2.weight", kind).shape[0]
+    return BEiT3VisualTokenizerConfig(
+        image_size=grid * patch_size,
+        patch_size=patch_size,
+        num_channels=num_channels,
+        hidden_size=hidden_size,
+        num_hidden_layers=_num_blocks(state_dict, "encoder"),
+        num_attention_heads=num_attention_heads or max(1, hidden_size // 64),
+        intermediate_size=_require(state_dict, "encoder.blocks.0.mlp.fc1.weight", kind).shape[0],
+        decoder_hidden_size=decoder_hidden_size,
+        decoder_num_hidden_layers=_num_blocks(state_dict, "decoder"),
+        decoder_num_attention_heads=num_attention_heads or max(1, decoder_hidden_size // 64),
+        decoder_intermediate_size=_require(state_dict, "decoder.blocks.0.mlp.fc1.weight", kind).shape[0],
+        codebook_size=codebook_size,
+        codebook_dim=codebook_dim,
+        teacher=_teacher_of(state_dict, teacher_hidden_size),
+        teacher_hidden_size=teacher_hidden_size,
+    )
+
+
+def convert_visual_tokenizer_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original VQ-KD keys -> ours, without the teacher, scaling and loss keys and the never-read EMA averages.
+    Raises one ValueError listing every other key that has no place."""
+    converted, unplaced = {}, []
+    for key, value in state_dict.items():
+        if key.startswith(VISUAL_TOKENIZER_DROPPED_PREFIXES) or key in VISUAL_TOKENIZER_UNUSED_KEYS:
+            continue
+        if match := re.match(VISUAL_TOKENIZER_QKV, key):
+            for name, weight in zip("qkv", value.chunk(3)):
+                converted[f"{match[1]}.layers.{match[2]}.attention.{name}_proj.weight"] = weight
+            continue
+        new_key = _rename(key, VISUAL_TOKENIZER_KEY_MAPPING)
+        if new_key is None:
+            unplaced.append(key)
+            continue
+        if new_key == "quantizer.initialized" and value.numel() == 1:  # the release's float `[1.]`
+            value = value.reshape(()).bool()
+        converted[new_key] = value
+    if unplaced:
+        raise ValueError(
+            f"{len(unplaced)} checkpoint key(s) have no place in a BEiT-3 visual tokenizer: {sorted(unplaced)}"
+        )
+    return converted
+
+
+def _check_released_tokenizer(name: str, config: BEiT3VisualTokenizerConfig):
+    """A file named as a released tokenizer (hash suffix allowed) must have that release's sizes."""
+    row = RELEASED_VISUAL_TOKENIZERS.get(name.split("-")[0])
+    if row is None:
+        return
+    found = dict(
+        teacher=config.teacher,
+        decoder_layers=config.decoder_num_hidden_layers,
+        teacher_hidden_size=config.teacher_hidden_size,
+        image_size=config.image_size,
+        codebook_size=config.codebook_size,
+        codebook_dim=config.codebook_dim,
+    )
+    wrong = {key: found[key] for key, value in dataclasses.asdict(row).items() if found[key] != value}
+    if wrong:
+        raise ValueError(f"{name} is released with {dataclasses.asdict(row)}, but its tensors say {wrong}.")
+
+
+def convert_visual_tokenizer(
+    original: dict[str, torch.Tensor],
+    name: str = "",
+    output_dir: str | Path | None = None,
+    num_attention_heads: int | None = None,
+) -> BEiT3VisualTokenizer:
+    """Converts a VQ-KD state dict; saves the model and its image processor to `output_dir` when given."""
+    config = infer_visual_tokenizer_config(original, num_attention_heads)
+    _check_released_tokenizer(name, config)
+    config.architectures = [BEiT3VisualTokenizer.__name__]
+    model = BEiT3VisualTokenizer(config)
+    load_converted(model, convert_visual_tokenizer_state_dict(original))
+    model.eval()
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        BEiT3ImageProcessor(**visual_tokenizer_processor_kwargs(config.image_size)).save_pretrained(output_dir)
+    return model
+
+
 def _read_answer2label(path: str | Path) -> dict[str, int]:
     """unilm's `answer2label.txt`: one JSON object per line, {"answer": ..., "label": ...}."""
     label2id = {}
@@ -269,7 +434,11 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="original BEiT-3 .pth file")
     parser.add_argument("output_dir", help="where to write the Hugging Face model directory")
-    parser.add_argument("--task", choices=sorted(TASKS), help="override the head detected from the keys")
+    parser.add_argument(
+        "--task",
+        choices=sorted([*TASKS, VISUAL_TOKENIZER_TASK]),
+        help="override the head detected from the keys (visual_tokenizer: a BEiT v2 VQ-KD file)",
+    )
     parser.add_argument("--num-attention-heads", type=int, help="default: hidden_size / 64 (true of every release)")
     parser.add_argument("--spm", help="the release's beit3.spm, converted into tokenizer.json next to the weights")
     parser.add_argument("--answer2label", help="unilm answer2label.txt, sets id2label for VQA checkpoints")

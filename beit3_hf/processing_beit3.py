@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, XLMRobertaTokenizer
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 from transformers.image_processing_utils import BatchFeature
 from transformers.models.auto import image_processing_auto
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
@@ -12,6 +12,7 @@ from transformers.utils import logging
 
 from .configuration_beit3 import BEiT3Config
 from .image_processing_beit3 import BEiT3ImageProcessor, BEiT3ImageProcessorTorchvision
+from .tokenization_beit3 import BEiT3Tokenizer
 
 logger = logging.get_logger(__name__)
 
@@ -37,7 +38,9 @@ class BEiT3Processor(ProcessorMixin):
 
     Args:
         image_processor ([`BEiT3ImageProcessor`]): the image processor.
-        tokenizer ([`XLMRobertaTokenizer`]): the BEiT-3 tokenizer (see `beit3_hf.tokenization_beit3`).
+        tokenizer ([`BEiT3Tokenizer`]): the BEiT-3 tokenizer (an `XLMRobertaTokenizer`, see
+            `beit3_hf.tokenization_beit3`). `from_pretrained` loads it with `BEiT3Tokenizer.from_pretrained`, which
+            keeps the pipeline saved in `tokenizer.json`, even from folders saved as `XLMRobertaTokenizer`.
 
     Example:
 
@@ -55,6 +58,17 @@ class BEiT3Processor(ProcessorMixin):
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def _load_tokenizer_from_pretrained(
+        cls, sub_processor_type, pretrained_model_name_or_path, subfolder="", **kwargs
+    ):
+        # `AutoTokenizer` would give `XLMRobertaTokenizer`, which rebuilds XLM-R's pipeline, for folders that name it
+        if sub_processor_type != "tokenizer":
+            return super()._load_tokenizer_from_pretrained(
+                sub_processor_type, pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+        return BEiT3Tokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
     def __call__(
         self,
@@ -129,7 +143,9 @@ def register_processors() -> None:
     """Registers the BEiT-3 image processor(s), processor and tokenizer class with transformers' Auto classes.
 
     After this, `AutoImageProcessor`, `AutoProcessor` and `AutoTokenizer` resolve BEiT-3 folders (by
-    `image_processor_type` / `processor_class` in the saved configs, or by a `config.json` of model type "beit3").
+    `image_processor_type` / `processor_class` / `tokenizer_class` ("BEiT3Tokenizer") in the saved configs, or by a
+    `config.json` of model type "beit3", whose tokenizer is `BEiT3Tokenizer` unless `tokenizer_config.json` names
+    another class).
     The PIL processor is the "pil" backend; `BEiT3ImageProcessorTorchvision` is registered as the "torchvision"
     backend only when torchvision is installed. Unlike most models, a saved `BEiT3ImageProcessor` reloads as the PIL
     class by default even when torchvision is installed, because only it is bit-exact with the original transforms
@@ -145,4 +161,4 @@ def register_processors() -> None:
             pil_by_default.append(BEiT3ImageProcessor.__name__)
     AutoImageProcessor.register(BEiT3Config, image_processor_classes=image_processor_classes, exist_ok=True)
     AutoProcessor.register(BEiT3Config, BEiT3Processor, exist_ok=True)
-    AutoTokenizer.register(BEiT3Config, tokenizer_class=XLMRobertaTokenizer, exist_ok=True)
+    AutoTokenizer.register(BEiT3Config, tokenizer_class=BEiT3Tokenizer, exist_ok=True)

@@ -5,7 +5,8 @@ under, how the original checkpoints name its tensors (`head_key_mapping`) and wh
 (`signature`), and the preprocessing and decoding the release was evaluated with. `RELEASED_CHECKPOINTS` holds one
 `ReleasedCheckpoint` row per file of the unilm release. The converter, the model cards, the processor presets, the
 demo and the Auto registrations all read these tables; adding a task is one `BEiT3Task` entry plus its head class
-(docs/adding_a_task.md).
+(docs/adding_a_task.md). `RELEASED_VISUAL_TOKENIZERS` holds one `ReleasedVisualTokenizer` row per BEiT v2 tokenizer
+file (VQ-KD, whose codes are the targets of BEiT-3's masked image modeling); they are no task, having no BEiT-3 model.
 
 This module is data and tiny accessors only: it imports the model classes, never the converter or the cards.
 """
@@ -33,7 +34,9 @@ __all__ = [
     "KeyLayout",
     "MIM_CODEBOOK_SIZE",
     "RELEASED_CHECKPOINTS",
+    "RELEASED_VISUAL_TOKENIZERS",
     "ReleasedCheckpoint",
+    "ReleasedVisualTokenizer",
     "TASKS",
     "get_task",
     "layouts",
@@ -232,4 +235,28 @@ RELEASED_CHECKPOINTS: dict[str, ReleasedCheckpoint] = {name: ReleasedCheckpoint(
     ("beit3_base_patch16_384_f30k_retrieval", "retrieval", "base", 384, 222, "Flickr30K IR@1 86.2 / TR@1 96.3"),
     ("beit3_large_patch16_384_f30k_retrieval", "retrieval", "large", 384, 675, "Flickr30K IR@1 88.1 / TR@1 97.2"),
 )}
+# fmt: on
+
+
+@dataclass(frozen=True)
+class ReleasedVisualTokenizer:
+    """One VQ-KD file of the BEiT v2 release (`beit3-convert FILE OUT --task visual_tokenizer`). The converter reads
+    every size off the tensors and checks them against the row of a file with this name."""
+
+    #: "clip" (CLIP ViT-B/16, 512-wide targets) or "dino" (DINO ViT-B/16, 768-wide targets).
+    teacher: str
+    decoder_layers: int
+    teacher_hidden_size: int
+    image_size: int = 224
+    codebook_size: int = MIM_CODEBOOK_SIZE
+    codebook_dim: int = 32
+
+
+# unilm beit2 `modeling_vqkd.py` builders (the files carry a hash suffix, e.g. `..._clip-d93179da.pth`)
+# fmt: off
+RELEASED_VISUAL_TOKENIZERS: dict[str, ReleasedVisualTokenizer] = {
+    "vqkd_encoder_base_decoder_3x768x12_clip": ReleasedVisualTokenizer("clip", 3, 512),
+    "vqkd_encoder_base_decoder_1x768x12_clip": ReleasedVisualTokenizer("clip", 1, 512),
+    "vqkd_encoder_base_decoder_1x768x12_dino": ReleasedVisualTokenizer("dino", 1, 768),
+}
 # fmt: on

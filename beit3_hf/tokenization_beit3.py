@@ -1,21 +1,21 @@
-"""BEiT-3 tokenizer: the released `beit3.spm` SentencePiece model as an XLM-RoBERTa fast tokenizer.
+"""BEiT-3 tokenizer: the released `beit3.spm` SentencePiece model as an XLM-RoBERTa fast tokenizer (`BEiT3Tokenizer`).
 
 The original code builds its tokenizer with `XLMRobertaTokenizer("beit3.spm")`. In transformers 5 that call no
 longer works, and its look-alikes fail silently: `XLMRobertaTokenizer(vocab_file="beit3.spm")` and
 `from_pretrained` on a folder holding only `beit3.spm` both build a 5-token placeholder vocabulary that maps every
 word to `<unk>`. This module converts the SentencePiece model once into a `tokenizer.json` +
-`tokenizer_config.json` folder that `AutoTokenizer.from_pretrained(folder)` loads offline with neither
-`sentencepiece` nor `protobuf` installed, and checks that the result is the real vocabulary and, when
-`sentencepiece` is installed, that it gives SentencePiece's own ids.
+`tokenizer_config.json` (`"tokenizer_class": "BEiT3Tokenizer"`) folder that `AutoTokenizer.from_pretrained(folder)`
+loads offline with neither `sentencepiece` nor `protobuf` installed, and checks that the result is the real
+vocabulary and, when `sentencepiece` is installed, that it gives SentencePiece's own ids.
 
 The fast tokenizer follows SentencePiece step by step: its normalizer (character map, removal of extra spaces, dummy
 prefix, `▁` for spaces), then the Unigram model over the whole text with no pre-tokenizer, so whitespace that the
 model keeps (a tab under identity rules) stays a character and a user-defined symbol keeps the `▁` before it.
-`load_beit3_tokenizer(folder)` loads that pipeline as saved; `AutoTokenizer.from_pretrained(folder)` does not, as
-`XLMRobertaTokenizer.__init__` rebuilds XLM-R's own (character map, then a split at every whitespace character),
-and `convert_spm_to_tokenizer` warns when that changes the ids. Known difference left: tokenizers' `Precompiled`
-normalizer rewrites some grapheme clusters unlike SentencePiece (NBSP + a combining accent loses the accent,
-half-width "ﾃﾞ" is not composed).
+`BEiT3Tokenizer` (an `XLMRobertaTokenizer`) loads that pipeline as saved, whereas
+`XLMRobertaTokenizer.from_pretrained` rebuilds XLM-R's own (character map, then a split at every whitespace
+character); once `beit3_hf` is imported, `AutoTokenizer`, `AutoProcessor` and `load_beit3_tokenizer` all give
+`BEiT3Tokenizer`. Known difference left: tokenizers' `Precompiled` normalizer rewrites some grapheme clusters unlike
+SentencePiece (NBSP + a combining accent loses the accent, half-width "ﾃﾞ" is not composed).
 
 The conversion reads the SentencePiece model file itself (a small protobuf message, decoded here without the
 `protobuf` package) and lays the vocabulary out as fairseq / XLM-R does:
@@ -40,13 +40,14 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, Tokenizer, normalizers
+from tokenizers import AddedToken, Regex, normalizers
 from transformers import XLMRobertaTokenizer
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "BEiT3Tokenizer",
     "DEFAULT_MODEL_MAX_LENGTH",
     "SentencePieceModel",
     "build_tokenizer_from_spm",
@@ -412,10 +413,10 @@ def _verify(tokenizer, model: SentencePieceModel, spm_path) -> None:
             )
 
 
-def _build(model: SentencePieceModel, spm_path, model_max_length: int) -> XLMRobertaTokenizer:
+def _build(model: SentencePieceModel, spm_path, model_max_length: int) -> BEiT3Tokenizer:
     _check_xlmr_layout(model, spm_path)
     _check_expressible(model, spm_path)
-    tokenizer = XLMRobertaTokenizer(
+    tokenizer = BEiT3Tokenizer(
         vocab=_unigram_vocab(model), add_prefix_space=model.add_dummy_prefix, model_max_length=model_max_length
     )
     # XLM-R's own pipeline splits the text at every whitespace character and adds `▁` to each word; SentencePiece
@@ -434,7 +435,7 @@ def _build(model: SentencePieceModel, spm_path, model_max_length: int) -> XLMRob
 
 def build_tokenizer_from_spm(
     spm_path: str | os.PathLike, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, verify: bool = True
-) -> XLMRobertaTokenizer:
+) -> BEiT3Tokenizer:
     """Builds the BEiT-3 (XLM-R layout) fast tokenizer from a SentencePiece model, in memory.
 
     Args:
@@ -463,15 +464,15 @@ def convert_spm_to_tokenizer(
     spm_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
-) -> XLMRobertaTokenizer:
+) -> BEiT3Tokenizer:
     """Converts a SentencePiece model into a fast-tokenizer folder that loads offline without sentencepiece/protobuf.
 
-    Writes `tokenizer.json` and `tokenizer_config.json` (`"tokenizer_class": "XLMRobertaTokenizer"`) to
-    `output_dir`, reloads them with `load_beit3_tokenizer`, and checks that the reloaded tokenizer has the full
-    vocabulary in the XLM-R layout (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, spm id k → k + 1, `<mask>` =
-    len(spm) + 1) and encodes like the in-memory one. Neither `sentencepiece` nor `protobuf` is needed; when
-    `sentencepiece` is installed the ids of the probe sentences are also compared with SentencePiece's own, and a
-    warning says when `AutoTokenizer.from_pretrained(output_dir)`, which rebuilds XLM-R's pipeline, gives other ids.
+    Writes `tokenizer.json` and `tokenizer_config.json` (`"tokenizer_class": "BEiT3Tokenizer"`) to `output_dir`,
+    reloads them with `BEiT3Tokenizer.from_pretrained` (what `AutoTokenizer` resolves after `import beit3_hf`), and
+    checks that the reloaded tokenizer has the full vocabulary in the XLM-R layout (`<s>`=0, `<pad>`=1, `</s>`=2,
+    `<unk>`=3, spm id k → k + 1, `<mask>` = len(spm) + 1) and encodes like the in-memory one. Neither
+    `sentencepiece` nor `protobuf` is needed; when `sentencepiece` is installed the ids of the probe sentences are
+    also compared with SentencePiece's own.
 
     Example:
 
@@ -503,19 +504,50 @@ def convert_spm_to_tokenizer(
 
     reloaded = load_beit3_tokenizer(output_dir)
     _verify(reloaded, model, spm_path)
-    probes = _probe_sentences(model)
-    for sentence in probes:
+    for sentence in _probe_sentences(model):
         if reloaded(sentence)["input_ids"] != tokenizer(sentence)["input_ids"]:
             raise ValueError(f"The tokenizer saved to {str(output_dir)!r} encodes {sentence!r} differently.")
-    rebuilt = XLMRobertaTokenizer.from_pretrained(output_dir)  # what `AutoTokenizer` gives
-    differing = next((text for text in probes if rebuilt(text)["input_ids"] != reloaded(text)["input_ids"]), None)
-    if differing is not None:
-        logger.warning(
-            f"AutoTokenizer.from_pretrained({str(output_dir)!r}) rebuilds XLM-R's whitespace-splitting pipeline "
-            f"instead of loading the one in tokenizer.json, and gives other ids for {differing!r}; "
-            "beit3_hf.load_beit3_tokenizer loads the folder with the pipeline that matches SentencePiece."
-        )
     return reloaded
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class BEiT3Tokenizer(XLMRobertaTokenizer):
+    """The BEiT-3 tokenizer: an `XLMRobertaTokenizer` that keeps the pipeline saved in `tokenizer.json`.
+
+    `XLMRobertaTokenizer.from_pretrained` keeps only the vocabulary of `tokenizer.json` and rebuilds XLM-R's own
+    normalizer and pre-tokenizer, which split the text at every whitespace character; SentencePiece does not (tabs,
+    newlines, U+0085, user-defined symbols). `BEiT3Tokenizer.from_pretrained` loads `tokenizer.json` whole (model,
+    normalizer, pre-tokenizer, decoder, added tokens), so a folder written by `convert_spm_to_tokenizer` encodes as
+    SentencePiece does. That folder names this class (`"tokenizer_class": "BEiT3Tokenizer"`), which
+    `import beit3_hf` registers with `AutoTokenizer`, so `AutoTokenizer.from_pretrained(folder)` and
+    `AutoProcessor.from_pretrained(folder)` load it too. A folder saved with `"tokenizer_class":
+    "XLMRobertaTokenizer"` still loads as `XLMRobertaTokenizer` through `AutoTokenizer`; `load_beit3_tokenizer` or
+    `BEiT3Tokenizer.from_pretrained` loads it with its saved pipeline.
+
+    A folder with `sentencepiece.bpe.model` and no `tokenizer.json` is converted with `build_tokenizer_from_spm`
+    (neither `sentencepiece` nor `protobuf` needed; `model_max_length` 64 unless given). Built from a vocabulary
+    (`BEiT3Tokenizer(vocab=...)`), it is exactly XLM-R's tokenizer.
+    """
+
+    @classmethod
+    def convert_to_native_format(cls, trust_remote_code=False, **kwargs):
+        """Hands `from_pretrained`'s files to `__init__`: `tokenizer.json` as it is (`TokenizersBackend.__init__`
+        loads it whole), or a SentencePiece model converted by `build_tokenizer_from_spm`."""
+        tokenizer_file = kwargs.get("tokenizer_file")
+        if tokenizer_file is not None and os.path.isfile(tokenizer_file):
+            return kwargs
+        vocab_file = kwargs.get("vocab_file")
+        no_backend = kwargs.get("tokenizer_object") is None and kwargs.get("vocab") is None
+        if no_backend and isinstance(vocab_file, (str, os.PathLike)) and os.path.isfile(vocab_file):
+            # transformers' own conversion looks its converter up by class name and would miss XLM-R's id layout
+            kwargs["tokenizer_object"] = build_tokenizer_from_spm(vocab_file).backend_tokenizer
+            kwargs.setdefault("model_max_length", DEFAULT_MODEL_MAX_LENGTH)
+            return kwargs
+        return super().convert_to_native_format(trust_remote_code=trust_remote_code, **kwargs)
 
 
 def _find_spm_file(directory: Path) -> Path | None:
@@ -526,12 +558,12 @@ def _find_spm_file(directory: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def load_beit3_tokenizer(path: str | os.PathLike, **kwargs) -> XLMRobertaTokenizer:
+def load_beit3_tokenizer(path: str | os.PathLike, **kwargs) -> BEiT3Tokenizer:
     """Loads the BEiT-3 tokenizer from whatever form it comes in.
 
-    - a folder with `tokenizer.json` (e.g. written by `convert_spm_to_tokenizer`): loaded as `XLMRobertaTokenizer`
-      with the normalizer and pre-tokenizer saved in `tokenizer.json` (`XLMRobertaTokenizer.from_pretrained` alone
-      would replace them with XLM-R's own);
+    - a folder with `tokenizer.json` (e.g. written by `convert_spm_to_tokenizer`): `BEiT3Tokenizer.from_pretrained`,
+      which keeps the normalizer and pre-tokenizer saved in `tokenizer.json`, whatever `tokenizer_class` the folder
+      names (`XLMRobertaTokenizer.from_pretrained` would replace them with XLM-R's own);
     - a folder with only a SentencePiece model (`sentencepiece.bpe.model`, `beit3.spm`, `*.spm`, `*.model`):
       converted in memory;
     - a SentencePiece model file: converted in memory.
@@ -542,10 +574,7 @@ def load_beit3_tokenizer(path: str | os.PathLike, **kwargs) -> XLMRobertaTokeniz
     path = Path(path)
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
-            tokenizer = XLMRobertaTokenizer.from_pretrained(path, **kwargs)
-            saved = Tokenizer.from_file(str(path / "tokenizer.json"))
-            tokenizer.backend_tokenizer.normalizer = saved.normalizer
-            tokenizer.backend_tokenizer.pre_tokenizer = saved.pre_tokenizer
+            tokenizer = BEiT3Tokenizer.from_pretrained(path, **kwargs)
         else:
             spm_file = _find_spm_file(path)
             if spm_file is None:

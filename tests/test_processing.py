@@ -12,7 +12,7 @@ from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, XLMRo
 from beit3_hf.configuration_beit3 import BEiT3Config
 from beit3_hf.image_processing_beit3 import BEiT3ImageProcessor, BEiT3ImageProcessorTorchvision
 from beit3_hf.processing_beit3 import BEiT3Processor, register_processors
-from beit3_hf.tokenization_beit3 import convert_spm_to_tokenizer
+from beit3_hf.tokenization_beit3 import BEiT3Tokenizer, convert_spm_to_tokenizer
 
 spm = pytest.importorskip("sentencepiece")
 S = 32
@@ -137,6 +137,7 @@ def test_save_and_load_round_trip(processor, tmp_path):
     for reloaded in (BEiT3Processor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
         assert isinstance(reloaded, BEiT3Processor)
         assert isinstance(reloaded.tokenizer, XLMRobertaTokenizer)
+        assert type(reloaded.tokenizer) is BEiT3Tokenizer
         assert reloaded.image_processor.to_dict() == processor.image_processor.to_dict()
         got = reloaded(**inputs)
         assert set(got) == set(expected)
@@ -169,6 +170,13 @@ def test_registration_is_idempotent_and_resolves(processor, tmp_path):
     processor.save_pretrained(tmp_path / "model")
     assert isinstance(AutoProcessor.from_pretrained(tmp_path / "model"), BEiT3Processor)
     assert isinstance(AutoTokenizer.from_pretrained(tmp_path / "model"), XLMRobertaTokenizer)
+    assert type(AutoTokenizer.from_pretrained(tmp_path / "model")) is BEiT3Tokenizer
+    # ... by its name in tokenizer_config.json, or by the model type when the config names no class
+    config_path = tmp_path / "model" / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    assert tokenizer_config.pop("tokenizer_class") == "BEiT3Tokenizer"
+    config_path.write_text(json.dumps(tokenizer_config))
+    assert type(AutoTokenizer.from_pretrained(tmp_path / "model")) is BEiT3Tokenizer
 
 
 @pytest.mark.skipif(BEiT3ImageProcessorTorchvision is None, reason="torchvision is not installed (optional backend)")
@@ -183,3 +191,24 @@ def test_torchvision_backend_registration(processor, tmp_path):
         BEiT3ImageProcessorTorchvision
     )
     assert tensor_processor(image(), return_tensors="pt").pixel_values.shape == (1, 3, S, S)
+
+
+# Text that XLM-R's own pipeline (a split at every whitespace character) encodes unlike SentencePiece.
+WHITESPACE_TEXTS = ["a\tfish on\na bike", "two\u0085dogs", " what  color\t"]
+
+
+@pytest.mark.parametrize("saved_class", ["BEiT3Tokenizer", "XLMRobertaTokenizer"])
+def test_reloaded_processor_keeps_the_sentencepiece_pipeline(processor, tokenizer_dir, tmp_path, saved_class):
+    sentencepiece = spm.SentencePieceProcessor(model_file=str(tokenizer_dir.parent / "beit3.spm"))
+    expected = [[0] + [3 if i == 0 else i + 1 for i in sentencepiece.encode(text)] + [2] for text in WHITESPACE_TEXTS]
+    processor.save_pretrained(tmp_path)
+    config_path = tmp_path / "tokenizer_config.json"
+    # "XLMRobertaTokenizer": a processor saved before BEiT3Tokenizer existed
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "tokenizer_class": saved_class}))
+    for reloaded in (BEiT3Processor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        assert type(reloaded.tokenizer) is BEiT3Tokenizer
+        assert reloaded(text=WHITESPACE_TEXTS, padding="longest")["input_ids"] == [
+            ids + [1] * (max(map(len, expected)) - len(ids)) for ids in expected
+        ]
+    assert processor.tokenizer(WHITESPACE_TEXTS)["input_ids"] == expected
+    assert XLMRobertaTokenizer.from_pretrained(tmp_path)(WHITESPACE_TEXTS)["input_ids"] != expected

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, XLMRobertaTokenizer
 
 from beit3_hf import tokenization_beit3
 from beit3_hf.tokenization_beit3 import (
+    BEiT3Tokenizer,
     build_tokenizer_from_spm,
     convert_spm_to_tokenizer,
     load_beit3_tokenizer,
@@ -129,7 +130,7 @@ def test_saved_folder(toy):
     _, out, _, _ = toy
     assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer_config.json"]
     config = json.loads((out / "tokenizer_config.json").read_text())
-    assert config["tokenizer_class"] == "XLMRobertaTokenizer"
+    assert config["tokenizer_class"] == "BEiT3Tokenizer"
     assert config["model_max_length"] == 64
 
 
@@ -137,6 +138,8 @@ def test_autotokenizer_loads_the_folder(toy):
     _, out, tokenizer, _ = toy
     loaded = AutoTokenizer.from_pretrained(out)
     assert isinstance(loaded, XLMRobertaTokenizer)
+    assert type(loaded) is BEiT3Tokenizer and type(tokenizer) is BEiT3Tokenizer
+    assert "BEiT3Tokenizer" in tokenization_beit3.__all__
     for text in SENTENCES:
         assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
 
@@ -198,6 +201,7 @@ def test_load_beit3_tokenizer_variants(toy, tmp_path):
         assert (
             load_beit3_tokenizer(source)("a fish on a bike")["input_ids"] == tokenizer("a fish on a bike")["input_ids"]
         )
+        assert type(load_beit3_tokenizer(source)) is BEiT3Tokenizer
     assert build_tokenizer_from_spm(spm_path, model_max_length=32).model_max_length == 32
 
 
@@ -404,16 +408,84 @@ def test_verification_catches_the_pre_fix_pipeline(parity_models, name, monkeypa
         convert_spm_to_tokenizer(spm_path, tmp_path / "tokenizer")
 
 
-def test_autotokenizer_rebuild_is_reported(parity_models, tmp_path, caplog):
-    # transformers' XLMRobertaTokenizer.__init__ rebuilds XLM-R's whitespace-splitting pipeline on load.
-    spm_path = parity_models["identity"]
+def test_autotokenizer_reload_keeps_the_sentencepiece_pipeline(parity_models, tmp_path, caplog):
+    # transformers' XLMRobertaTokenizer.__init__ rebuilds XLM-R's whitespace-splitting pipeline on load;
+    # BEiT3Tokenizer, which the saved folder names, keeps the one in tokenizer.json.
+    spm_path = parity_models["user_defined"]
+    processor = spm.SentencePieceProcessor(model_file=str(spm_path))
     with caplog.at_level(logging.WARNING, logger=tokenization_beit3.__name__):
         converted = convert_spm_to_tokenizer(spm_path, tmp_path / "tokenizer")
-    assert "AutoTokenizer.from_pretrained" in caplog.text and "load_beit3_tokenizer" in caplog.text
+    assert caplog.text == ""
+    texts = ["a\tb", "a\u0085b\n [IMG] zzq\t"] + random_texts(300, seed=11)
+    expected = [xlmr_ids(processor, text) for text in texts]
+    loaders = (AutoTokenizer.from_pretrained, BEiT3Tokenizer.from_pretrained, load_beit3_tokenizer)
+    for load in loaders:
+        reloaded = load(tmp_path / "tokenizer")
+        assert type(reloaded) is BEiT3Tokenizer
+        assert reloaded(texts)["input_ids"] == expected == converted(texts)["input_ids"]
+        assert reloaded.tokenize("a\tb") == processor.encode("a\tb", out_type=str)
+    # what the class fixes: XLM-R's own class still rebuilds its pipeline and splits at the tab
+    assert XLMRobertaTokenizer.from_pretrained(tmp_path / "tokenizer")("a\tb")["input_ids"] != expected[0]
+
+
+def test_folders_saved_as_xlmroberta_still_load(parity_models, tmp_path):
+    spm_path = parity_models["identity"]
     processor = spm.SentencePieceProcessor(model_file=str(spm_path))
-    assert load_beit3_tokenizer(tmp_path / "tokenizer")("a\tb")["input_ids"] == xlmr_ids(processor, "a\tb")
-    assert converted("a\tb")["input_ids"] == xlmr_ids(processor, "a\tb")
-    assert AutoTokenizer.from_pretrained(tmp_path / "tokenizer")("a\tb")["input_ids"] != xlmr_ids(processor, "a\tb")
+    folder = tmp_path / "tokenizer"
+    convert_spm_to_tokenizer(spm_path, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "XLMRobertaTokenizer"}))
+    old = AutoTokenizer.from_pretrained(folder)
+    assert type(old) is XLMRobertaTokenizer  # as before: transformers' class with XLM-R's pipeline
+    assert old("a fish on a bike")["input_ids"] == xlmr_ids(processor, "a fish on a bike")
+    assert old("a\tb")["input_ids"] != xlmr_ids(processor, "a\tb")
+    restored = load_beit3_tokenizer(folder)
+    assert type(restored) is BEiT3Tokenizer
+    assert restored("a\tb")["input_ids"] == xlmr_ids(processor, "a\tb")
+
+
+def test_from_pretrained_converts_a_sentencepiece_only_folder(toy, tmp_path):
+    spm_path, _, tokenizer, processor = toy
+    (tmp_path / "sentencepiece.bpe.model").write_bytes(spm_path.read_bytes())
+    loaded = BEiT3Tokenizer.from_pretrained(tmp_path)
+    assert len(loaded) == len(tokenizer) and loaded.model_max_length == 64
+    for text in SENTENCES + ["a\tfish"]:
+        assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"] == xlmr_ids(processor, text)
+    assert BEiT3Tokenizer.from_pretrained(tmp_path, model_max_length=16).model_max_length == 16
+    (tmp_path / "sentencepiece.bpe.model").write_bytes(b"\xff\xff not a sentencepiece model")
+    with pytest.raises(ValueError, match="sentencepiece.bpe.model"):
+        BEiT3Tokenizer.from_pretrained(tmp_path)
+
+
+def test_autotokenizer_resolves_the_class_in_a_fresh_process(toy, parity_models, tmp_path):
+    # Only `import beit3_hf` registers BEiT3Tokenizer; sentencepiece and protobuf are not needed to load.
+    toy_spm = toy[0]
+    spm_path = parity_models["user_defined"]
+    convert_spm_to_tokenizer(spm_path, tmp_path / "tokenizer")
+    (tmp_path / "spm_only").mkdir()
+    (tmp_path / "spm_only" / "sentencepiece.bpe.model").write_bytes(toy_spm.read_bytes())
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.modules["sentencepiece"] = None
+        sys.modules["google.protobuf"] = None
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        import beit3_hf
+        from transformers import AutoTokenizer
+        from beit3_hf.tokenization_beit3 import BEiT3Tokenizer
+        tok = AutoTokenizer.from_pretrained({str(tmp_path / "tokenizer")!r})
+        spm_only = BEiT3Tokenizer.from_pretrained({str(tmp_path / "spm_only")!r})
+        ids = tok("a\\tb [IMG]\\u0085")["input_ids"]
+        print(json.dumps([type(tok).__name__, ids, spm_only("a fish")["input_ids"]]))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, ids, spm_only_ids = json.loads(result.stdout.strip().splitlines()[-1])
+    assert name == "BEiT3Tokenizer"
+    assert ids == xlmr_ids(spm.SentencePieceProcessor(model_file=str(spm_path)), "a\tb [IMG]\u0085")
+    assert spm_only_ids == xlmr_ids(toy[3], "a fish")
 
 
 @pytest.mark.parametrize(
