@@ -211,6 +211,33 @@ def test_captions_describe_the_rendered_images(loaded):
             assert parse_caption(row["text"]) == perceive(row["image"]), row["text"]
 
 
+def test_label_maps_cover_exactly_the_drawn_objects(loaded):
+    """`split_scenes` regenerates the written scenes (same captions, same pixels), and `render_label_map` marks
+    exactly the non-grey pixels, with the class the independent perception reads in each cell."""
+    for split, num_scenes in (("train", 40), ("test", 12)):
+        scenes = shapes.split_scenes(split, num_scenes, seed=3)
+        rows = loaded["captioning"][split]
+        assert [shapes.caption(scene) for scene in scenes] == rows["text"]
+        for scene, row in zip(scenes, rows):
+            pixels = np.asarray(row["image"].convert("RGB")).astype(int)
+            assert np.array_equal(pixels, np.asarray(shapes.render_scene(scene)))
+            labels = np.asarray(shapes.render_label_map(scene))
+            grey = (pixels[..., 0] == pixels[..., 1]) & (pixels[..., 1] == pixels[..., 2])
+            assert np.array_equal(labels == 0, grey)
+            half = labels.shape[0] // 2
+            seen = {}
+            for index, position in enumerate(POSITIONS):
+                top, left = (half * i for i in divmod(index, 2))
+                names = {shapes.LABEL_NAMES[value] for value in np.unique(labels[top:top + half, left:left + half])}
+                if names - {"background"}:
+                    seen[position] = names - {"background"}
+            perceived = perceive(row["image"])
+            assert seen == {position: {f"{color} {shape}"} for position, (_, color, shape) in perceived.items()}
+    assert np.asarray(shapes.render_label_map(scenes[0], 32)).shape == (32, 32)
+    with pytest.raises(ValueError, match="got 4"):
+        shapes.render_label_map(scenes[0], 4)
+
+
 def test_vqa_answers_are_correct_for_the_images(loaded):
     for split in ("train", "test"):
         for row in loaded["vqa"][split]:

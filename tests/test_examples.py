@@ -346,3 +346,174 @@ def test_collators(shapes_dir):
     )
     assert batch["pixel_values"].shape == (3, 2, 3, 32, 32)
     assert batch["labels"].tolist() == nlvr2["label"][:3]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The visual tokenizer (VQ-KD) script
+
+VISUAL_TOKENIZER = dict(image_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+                        decoder_num_attention_heads=4, decoder_intermediate_size=64, codebook_dim=8)  # fmt: skip
+
+
+def visual_tokenizer_overrides(**overrides):
+    return ",".join(f"{k}={v}" for k, v in {**VISUAL_TOKENIZER, **overrides}.items())
+
+
+@pytest.fixture(scope="module")
+def beit3_teacher_dir(tmp_path_factory):
+    """A tiny BEiT3Model (32px, patch 8: a 4x4 grid, 32 wide) and its image processor (mean = std = 0.5)."""
+    from beit3_hf import BEiT3ImageProcessor, BEiT3Model
+    from beit3_hf.processor_presets import TASK_PRESETS
+
+    path = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    BEiT3Model(tiny_config()).save_pretrained(path)
+    BEiT3ImageProcessor.from_preset(TASK_PRESETS["retrieval"], size=32).save_pretrained(path)
+    return path
+
+
+def visual_tokenizer_args(output_dir, teacher_dir, classification_dir, *extra, steps=3):
+    return ["--dataset_dir", str(classification_dir), "--teacher_name_or_path", str(teacher_dir),
+            *common_args(output_dir, *extra, steps=steps)]
+
+
+def test_visual_tokenizer_teacher_features():
+    """CLIP's release target `visual_projection(post_layernorm(patch tokens))`, brought to other grids by area
+    averaging (coarser) or bilinear interpolation (finer); the teacher stays in eval mode."""
+    import torch.nn.functional as F
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    script = load_script("run_visual_tokenizer")
+    torch.manual_seed(0)
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32,
+        patch_size=8, projection_dim=12))  # fmt: skip
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    teacher = script.FrozenTeacher(clip, mean, std, "clip_projection")
+    teacher.train()
+    assert not teacher.training and not clip.training
+    assert not any(parameter.requires_grad for parameter in clip.parameters())
+
+    pixels = torch.rand(2, 3, 32, 32)
+    normalised = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        tokens = clip.vision_model(pixel_values=normalised).last_hidden_state[:, 1:]
+        expected = clip.visual_projection(clip.vision_model.post_layernorm(tokens))  # (2, 16, 12)
+    torch.testing.assert_close(teacher(pixels, (4, 4)), expected)
+    maps = expected.transpose(1, 2).reshape(2, 12, 4, 4)
+    torch.testing.assert_close(teacher(pixels, (2, 2)), F.avg_pool2d(maps, 2).flatten(2).transpose(1, 2))
+    finer = F.interpolate(maps, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(teacher(pixels, (8, 8)), finer.flatten(2).transpose(1, 2))
+
+    plain = script.FrozenTeacher(clip, mean, std, "last_hidden_state")
+    torch.testing.assert_close(plain(pixels, (4, 4)), tokens)
+    with pytest.raises(ValueError, match="clip_projection"):
+        script.FrozenTeacher(clip.vision_model, mean, std, "clip_projection")
+    with pytest.raises(ValueError, match="'cls'"):
+        script.FrozenTeacher(clip, mean, std, "cls")
+
+
+def test_visual_tokenizer_trains_against_a_frozen_teacher(beit3_teacher_dir, classification_dir, tmp_path,
+                                                          monkeypatch):
+    """A new tokenizer (2x2 code grid: the teacher's 4x4 features are averaged down) trains for 3 steps; the
+    output directory is the tokenizer alone, which AutoModel reloads; the teacher is untouched; every log has the
+    codebook figures."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    from beit3_hf import BEiT3VisualTokenizer
+
+    script = load_script("run_visual_tokenizer")
+    teachers = []
+
+    def load_teacher(*args, **kwargs):
+        teachers.append(original(*args, **kwargs))
+        return teachers[-1]
+
+    original = script.load_teacher
+    monkeypatch.setattr(script, "load_teacher", load_teacher)
+    output_dir = tmp_path / "vqkd"
+    metrics = script.main(visual_tokenizer_args(
+        output_dir, beit3_teacher_dir, classification_dir,
+        "--config_overrides", visual_tokenizer_overrides(patch_size=16, codebook_size=16), "--do_eval", "True"))
+
+    tokenizer = AutoModel.from_pretrained(output_dir)
+    assert isinstance(tokenizer, BEiT3VisualTokenizer)
+    assert tokenizer.config.teacher_hidden_size == 32 and bool(tokenizer.quantizer.initialized)
+    processor = AutoImageProcessor.from_pretrained(output_dir)
+    assert processor.do_normalize is False and processor.crop_size == {"height": 32, "width": 32}
+    saved = weights(output_dir)
+    assert all(name.split(".")[0] in {"encoder", "encoder_task_layer", "quantizer", "decoder", "decoder_task_layer"}
+               for name in saved), sorted(saved)
+
+    (teacher,) = teachers
+    assert not teacher.training and not any(p.requires_grad or p.grad is not None for p in teacher.parameters())
+    # the teacher normalised with its own processor's mean / std (0.5), not the tokenizer's CLIP default
+    assert teacher.image_mean.flatten().tolist() == [0.5, 0.5, 0.5]
+    assert_close_tensors({name: tensor.cpu() for name, tensor in teacher.model.state_dict().items()},
+                         weights(beit3_teacher_dir))
+
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    train_logs = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(train_logs) == 3
+    for entry in train_logs:
+        assert 0 < entry["codebook_usage"] <= 1 and 1 <= entry["perplexity"] <= 16, entry
+        assert entry["loss"] == pytest.approx(entry["reconstruction_loss"] + entry["quantization_loss"], rel=1e-5)
+        assert "restarted_codes" not in entry
+    assert 0 < metrics["eval_codebook_usage"] <= 1 and 1 <= metrics["eval_perplexity"] <= 16
+    assert np.isfinite(metrics["eval_loss"])
+
+
+def collapsed_tokenizer(path, codebook_size=32):
+    """A tokenizer whose codebook has collapsed: every code the same vector, so all patches take code 0, whose
+    usage average is the only non-zero one."""
+    from beit3_hf import BEiT3ImageProcessor, BEiT3VisualTokenizer, BEiT3VisualTokenizerConfig
+    from beit3_hf.configuration_visual_tokenizer import visual_tokenizer_processor_kwargs
+
+    torch.manual_seed(0)
+    config = BEiT3VisualTokenizerConfig(**VISUAL_TOKENIZER, patch_size=8, codebook_size=codebook_size,
+                                        teacher_hidden_size=32)
+    model = BEiT3VisualTokenizer(config)
+    with torch.no_grad():
+        model.quantizer.codebook.copy_(torch.nn.functional.normalize(torch.ones(codebook_size, 8), dim=-1))
+        model.quantizer.initialized.fill_(True)
+        model.quantizer.cluster_size.zero_()[0] = 1.0
+    model.save_pretrained(path)
+    BEiT3ImageProcessor(**visual_tokenizer_processor_kwargs(32)).save_pretrained(path)
+    return path
+
+
+def test_visual_tokenizer_restart_dead_codes_revives_a_collapsed_codebook(beit3_teacher_dir, classification_dir,
+                                                                           tmp_path):
+    """From a codebook with one live code of 32, --restart_dead_codes restarts the 31 dead ones after the first
+    step and the next batches use many codes; without it usage stays at a few codes."""
+    script = load_script("run_visual_tokenizer")
+    collapsed = collapsed_tokenizer(tmp_path / "collapsed")
+    usage, restarted = {}, {}
+    for name, flags in (("plain", []), ("restart", ["--restart_dead_codes"])):
+        script.main(visual_tokenizer_args(tmp_path / name, beit3_teacher_dir, classification_dir,
+                                          "--model_name_or_path", str(collapsed), "--do_eval", "False",
+                                          "--learning_rate", "1e-4", *flags, steps=4))
+        usage[name] = logged(tmp_path / name, "codebook_usage")
+        if flags:
+            restarted[name] = logged(tmp_path / name, "restarted_codes")
+    assert usage["plain"][0] == usage["restart"][0] == 1 / 32  # the first batch, before any restart
+    assert restarted["restart"][0] == 31
+    assert max(usage["plain"]) <= 4 / 32, usage
+    assert min(usage["restart"][1:]) > 4 * max(usage["plain"]), usage
+
+
+def test_visual_tokenizer_bad_arguments(beit3_teacher_dir, classification_dir, tmp_path):
+    script = load_script("run_visual_tokenizer")
+    overrides = ["--config_overrides", visual_tokenizer_overrides(patch_size=8, codebook_size=16)]
+    with pytest.raises(ValueError, match="--teacher_name_or_path"):
+        script.main(["--dataset_dir", str(classification_dir), *overrides, *common_args(tmp_path / "a")])
+    with pytest.raises(ValueError, match="teacher_hidden_size=32"):
+        script.main(visual_tokenizer_args(tmp_path / "b", beit3_teacher_dir, classification_dir, "--config_overrides",
+                                          visual_tokenizer_overrides(patch_size=8, teacher_hidden_size=24)))
+    with pytest.raises(ValueError, match="BEiT3Model"):
+        script.main(visual_tokenizer_args(tmp_path / "c", beit3_teacher_dir, classification_dir, *overrides,
+                                          "--teacher_features", "clip_projection"))
+    with pytest.raises(ValueError, match="-1.0"):
+        script.main(visual_tokenizer_args(tmp_path / "d", beit3_teacher_dir, classification_dir, *overrides,
+                                          "--restart_dead_codes", "--dead_code_threshold", "-1"))

@@ -134,27 +134,54 @@ def sample_scene(rng: random.Random) -> Scene:
     return Scene(objects=tuple(objects), background=rng.randint(*_BACKGROUND_RANGE))
 
 
-def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
-    """Draws `scene` on an `image_size` x `image_size` RGB canvas."""
-    if image_size < 8:
-        raise ValueError(f"`image_size` must be at least 8 pixels, got {image_size}.")
-    image = Image.new("RGB", (image_size, image_size), (scene.background,) * 3)
-    draw = ImageDraw.Draw(image)
+def _draw_objects(scene: Scene, draw: ImageDraw.ImageDraw, image_size: int, fill: Callable[[ShapeObject], object]):
+    """Draws every object of `scene` with `fill(object)` on an `image_size` canvas (later objects on top)."""
     cell = image_size / 2
     for obj in scene.objects:
         row, col = divmod(POSITIONS.index(obj.position), 2)
         cx = (col + 0.5 + _MAX_OFFSET * obj.offset[0]) * cell
         cy = (row + 0.5 + _MAX_OFFSET * obj.offset[1]) * cell
         h = _HALF_EXTENT[obj.size] * cell
-        fill = obj.fill or _RGB[obj.color]
         box = [round(cx - h), round(cy - h), round(cx + h), round(cy + h)]
         if obj.shape == "circle":
-            draw.ellipse(box, fill=fill)
+            draw.ellipse(box, fill=fill(obj))
         elif obj.shape == "square":
-            draw.rectangle(box, fill=fill)
+            draw.rectangle(box, fill=fill(obj))
         else:
-            draw.polygon([(round(cx), box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+            draw.polygon([(round(cx), box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill(obj))
+
+
+def _check_image_size(image_size: int):
+    if image_size < 8:
+        raise ValueError(f"`image_size` must be at least 8 pixels, got {image_size}.")
+
+
+def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
+    """Draws `scene` on an `image_size` x `image_size` RGB canvas."""
+    _check_image_size(image_size)
+    image = Image.new("RGB", (image_size, image_size), (scene.background,) * 3)
+    _draw_objects(scene, ImageDraw.Draw(image), image_size, lambda obj: obj.fill or _RGB[obj.color])
     return image
+
+
+LABEL_NAMES = ("background",) + tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+"""Classes of [`render_label_map`]: 0 is the background, `1 + COLORS.index(c) * 3 + SHAPES.index(s)` a shape."""
+
+
+def render_label_map(scene: Scene, image_size: int = 64) -> Image.Image:
+    """The per-pixel class of [`render_scene`]'s image (same geometry, no anti-aliasing), as an "L" image whose
+    values index [`LABEL_NAMES`]."""
+    _check_image_size(image_size)
+    label_map = Image.new("L", (image_size, image_size), 0)
+    fill = lambda obj: LABEL_NAMES.index(f"{obj.color} {obj.shape}")  # noqa: E731
+    _draw_objects(scene, ImageDraw.Draw(label_map), image_size, fill)
+    return label_map
+
+
+def split_scenes(split: str, num_scenes: int, seed: int = 0) -> list[Scene]:
+    """The scenes of one split of [`generate_shapes_dataset`] (same `seed` and count), in `image_id` order."""
+    scene_rng = _split_rng(seed, split, "scenes")
+    return [sample_scene(scene_rng) for _ in range(num_scenes)]
 
 
 def caption(scene: Scene) -> str:
@@ -440,8 +467,7 @@ def generate_shapes_dataset(
     sizes: dict[str, dict[str, int]] = {task: {} for task in TASKS}
     texts: list[str] = []
     for split, num_scenes in (("train", num_train), ("test", num_test)):
-        scene_rng = _split_rng(seed, split, "scenes")
-        scenes = [sample_scene(scene_rng) for _ in range(num_scenes)]
+        scenes = split_scenes(split, num_scenes, seed)
         split_dirs = {task: output_dir / task / split for task in TASKS}
         for split_dir in split_dirs.values():
             if split_dir.exists():
