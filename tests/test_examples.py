@@ -517,3 +517,57 @@ def test_visual_tokenizer_bad_arguments(beit3_teacher_dir, classification_dir, t
     with pytest.raises(ValueError, match="-1.0"):
         script.main(visual_tokenizer_args(tmp_path / "d", beit3_teacher_dir, classification_dir, *overrides,
                                           "--restart_dead_codes", "--dead_code_threshold", "-1"))
+
+
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_visual_tokenizer_probe_labels_and_scores():
+    """The probe benchmark's patch labels (the object covering >= min_coverage of the patch, else background) and
+    its code -> majority-label probe, on constructed inputs."""
+    from beit3_hf.data.shapes import LABEL_NAMES, Scene, ShapeObject, render_label_map
+
+    probe = load_benchmark("visual_tokenizer_probe")
+    scene = Scene(objects=(ShapeObject("square", "red", "large", "top left"),
+                           ShapeObject("circle", "blue", "small", "bottom right")))
+    label_map = np.asarray(render_label_map(scene, 32))
+    for min_coverage in (0.05, 0.5):
+        labels = probe.patch_labels([scene], 32, 8, min_coverage)[0]
+        for index, label in enumerate(labels):
+            row, column = divmod(index, 4)
+            patch = label_map[row * 8:(row + 1) * 8, column * 8:(column + 1) * 8]
+            counts = {kind: int((patch == kind).sum()) for kind in range(1, len(LABEL_NAMES))}
+            best = max(counts, key=counts.get)
+            assert label == (best if counts[best] >= min_coverage * 64 else 0), (min_coverage, index, counts)
+    assert LABEL_NAMES.index("red square") in labels and 0 in labels
+
+    train_labels = np.array([[0, 0, 1, 2], [0, 0, 0, 2]])
+    test_labels = np.array([[0, 1, 2, 0]])
+    # code 5 was always 0, code 7 label 1, code 9 label 2; code 3 never seen -> the majority class (0)
+    train_codes = np.array([[5, 5, 7, 9], [5, 5, 5, 9]])
+    assert probe.probe_accuracy(train_codes, train_labels, np.array([[5, 7, 9, 3]]), test_labels, 16) == 1.0
+    assert probe.probe_accuracy(train_codes, train_labels, np.array([[7, 7, 7, 7]]), test_labels, 16) == 0.25
+
+
+def test_visual_tokenizer_probe_runs_on_a_saved_tokenizer(beit3_teacher_dir, tmp_path):
+    """End to end on a tiny random tokenizer (32 px, patch 8, 16 codes) and the tiny teacher: every figure is in
+    range, and the usage is the fraction of codes the test patches hit."""
+    from beit3_hf import BEiT3VisualTokenizer, BEiT3VisualTokenizerConfig
+
+    probe = load_benchmark("visual_tokenizer_probe")
+    torch.manual_seed(0)
+    config = BEiT3VisualTokenizerConfig(**{**VISUAL_TOKENIZER, "patch_size": 8, "codebook_size": 16,
+                                           "teacher_hidden_size": 32})
+    tokenizer = probe.control_tokenizer(config, probe.split_scenes("train", 8, 0), 32, seed=0)
+    tokenizer.save_pretrained(tmp_path / "vqkd")
+    results = probe.main(["--tokenizer", str(tmp_path / "vqkd"), "--teacher", str(beit3_teacher_dir),
+                          "--num-train", "12", "--num-test", "6", "--batch-size", "4"])
+    (figures,) = results["tokenizers"]
+    assert figures["test_patches"] == 6 * 16
+    assert figures["codebook_usage"] == figures["codes_used"] / 16
+    assert 0 <= figures["probe_accuracy"] <= 1 and 0 <= figures["majority_baseline"] <= 1
+    assert -1 <= figures["reconstruction_cosine"] <= 1
