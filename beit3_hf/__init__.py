@@ -1,8 +1,9 @@
 """BEiT-3 for Hugging Face Transformers.
 
-`import beit3_hf` registers the config, the backbone and every head with transformers' Auto classes, so
-`AutoModel.from_pretrained(local_dir)`, `AutoProcessor.from_pretrained(local_dir)` and `pipeline(...)` (including
-the `visual-question-answering` task that transformers 5 no longer ships) work on converted checkpoints. The BEiT v2
+`import beit3_hf` registers the config, the backbone and every head with transformers' Auto classes (the Auto class
+of each task in `tasks.TASKS`, e.g. `AutoModelForPreTraining` for the masked-data-modeling heads), so
+`AutoModel.from_pretrained(local_dir)`, `AutoProcessor.from_pretrained(local_dir)` and `pipeline(...)` (including the
+`visual-question-answering` task that transformers 5 no longer ships) work on converted checkpoints. The BEiT v2
 visual tokenizer (model type "beit3_visual_tokenizer") is registered with AutoConfig, AutoModel and
 AutoImageProcessor too.
 """
@@ -18,6 +19,8 @@ from .modeling_beit3 import (
     BEiT3ForCaptioning,
     BEiT3ForImageClassification,
     BEiT3ForImageTextRetrieval,
+    BEiT3ForMaskedDataModeling,
+    BEiT3ForMaskedDataModelingOutput,
     BEiT3ForVisualQuestionAnswering,
     BEiT3ForVisualReasoning,
     BEiT3ImageTextRetrievalOutput,
@@ -32,6 +35,7 @@ from .modeling_visual_tokenizer import (
     BEiT3VisualTokenizerOutput,
 )
 from .image_processing_beit3 import BEiT3ImageProcessor
+from .masking import BlockMaskingGenerator, mask_text_tokens
 from .parameter_groups import count_parameters_by_group
 from .pipelines import BEiT3VisualQuestionAnsweringPipeline, register_pipelines
 from .processing_beit3 import BEiT3Processor, register_processors
@@ -65,7 +69,9 @@ __all__ = [
     "BEiT3VisualTokenizer",
     "BEiT3VisualTokenizerConfig",
     "BEiT3VisualTokenizerOutput",
+    "BlockMaskingGenerator",
     "convert_spm_to_tokenizer",
     "load_beit3_tokenizer",
+    "mask_text_tokens",
     "count_parameters_by_group",
 ]

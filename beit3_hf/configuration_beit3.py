@@ -1,5 +1,7 @@
 """BEiT-3 configuration."""
 
+import math
+
 from transformers import PreTrainedConfig
 
 # Sizes of the released checkpoints (unilm `beit3/modeling_utils.py`) and of the paper's unreleased giant model.
@@ -57,6 +59,11 @@ class BEiT3Config(PreTrainedConfig):
             none). Image-only and text-only input still use the image and text experts there. Read from the
             earlier name `num_vl_layers` too.
         logit_scale_init_value (`float`, defaults to ln(1/0.07)): initial `logit_scale` of the retrieval head.
+        visual_vocab_size (`int`, defaults to 8192): visual tokens the masked-image-modeling head predicts over (the
+            codebook of the BEiT v2 tokenizer whose codes are the targets).
+        text_loss_weight / image_loss_weight (`float`, default to 1.0): weights of the text and image parts of the
+            masked-data-modeling loss, `text_loss_weight * text_loss + image_loss_weight * image_loss` over the
+            parts a batch has labels for. Non-negative, not both 0.
         pad_token_id / bos_token_id / eos_token_id / mask_token_id: XLM-R ids of the BEiT-3 tokenizer (1, 0, 2 and
             64001; `mask_token_id` defaults to the last id when the vocabulary is smaller than the release's).
     """
@@ -85,6 +92,9 @@ class BEiT3Config(PreTrainedConfig):
         multiway_attention: bool = True,
         num_image_text_layers: int = 0,
         logit_scale_init_value: float = 2.6592600345611572,
+        visual_vocab_size: int = 8192,
+        text_loss_weight: float = 1.0,
+        image_loss_weight: float = 1.0,
         pad_token_id: int = 1,
         bos_token_id: int = 0,
         eos_token_id: int = 2,
@@ -113,6 +123,9 @@ class BEiT3Config(PreTrainedConfig):
             num_image_text_layers = kwargs.pop("num_vl_layers")
         self.num_image_text_layers = num_image_text_layers
         self.logit_scale_init_value = logit_scale_init_value
+        self.visual_vocab_size = visual_vocab_size
+        self.text_loss_weight = text_loss_weight
+        self.image_loss_weight = image_loss_weight
         if mask_token_id is None:  # the release's <mask> (64001) when it fits, else the last id
             mask_token_id = 64001 if vocab_size > 64001 else vocab_size - 1
         self.mask_token_id = mask_token_id
@@ -121,7 +134,7 @@ class BEiT3Config(PreTrainedConfig):
 
     def _validate(self):
         positive = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
-                    "patch_size", "num_channels", "vocab_size", "max_text_positions")
+                    "patch_size", "num_channels", "vocab_size", "max_text_positions", "visual_vocab_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -146,6 +159,12 @@ class BEiT3Config(PreTrainedConfig):
                 f"`num_image_text_layers` must be between 0 and `num_hidden_layers` ({self.num_hidden_layers}), "
                 f"got {self.num_image_text_layers!r}."
             )
+        for name in ("text_loss_weight", "image_loss_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"`{name}` must be a non-negative finite number, got {value!r}.")
+        if self.text_loss_weight == 0 and self.image_loss_weight == 0:
+            raise ValueError("`text_loss_weight` and `image_loss_weight` are both 0: the loss would be 0.")
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise ValueError(f"`mask_token_id` ({self.mask_token_id}) must be below `vocab_size` ({self.vocab_size}).")
 

@@ -161,6 +161,11 @@ def infer_config(
         raise ValueError(f"The image position table has {image_rows} rows, which is not 3 + a square grid.")
 
     num_labels = _require(state_dict, label_key).shape[0] if label_key else 2
+    from_rows = {}
+    for attribute, key in get_task(task).config_from_rows.items():
+        if key not in state_dict:
+            raise ValueError(f"A BEiT-3 {task} checkpoint holds {key!r} (it sets `{attribute}`); this one does not.")
+        from_rows[attribute] = state_dict[key].shape[0]
     config = BEiT3Config(
         hidden_size=hidden_size,
         num_hidden_layers=max(layers) + 1,
@@ -173,6 +178,7 @@ def infer_config(
         max_text_positions=text_rows - FAIRSEQ_POSITION_OFFSET,
         use_final_layer_norm="beit3.encoder.layer_norm.A.weight" in state_dict,
         num_labels=num_labels,
+        **from_rows,
     )
     return config, task
 
@@ -185,23 +191,39 @@ def _rename(key: str, mapping: dict[str, str]) -> str | None:
     return None
 
 
-def _dropped_keys(state_dict: dict[str, torch.Tensor], task: str) -> list[str]:
-    """Present keys of a matching layout that `task`'s model has no place for (the pretrained files' heads)."""
-    return sorted(
+def _dropped_keys(state_dict: dict[str, torch.Tensor], task: str) -> tuple[list[str], str]:
+    """Present keys that `task`'s model has no place for but may drop, and why: the heads of an `EXTRA_LAYOUTS`
+    layout converted to `task`, or, for the bare backbone, those of a detected task with `backbone_drops_head`."""
+    dropped = {
         key
         for layout in layouts().values()
         if layout.task == task and layout.dropped_keys and _matches(layout.signature, state_dict)
         for key in layout.dropped_keys
         if key in state_dict
-    )
+    }
+    reason = f"no BEiT-3 {task} model has a place for these heads yet"
+    detected = TASKS[detect_task(state_dict)]
+    if get_task(task).model_class is BEiT3Model and detected.backbone_drops_head:
+        dropped |= {key for key in state_dict if _rename(key, detected.head_key_mapping) is not None}
+        reason = f"the backbone has no place for the {detected.name} heads (`--task {detected.name}` keeps them)"
+    return sorted(dropped), reason
+
+
+def _tasks_placing(keys: list[str]) -> list[str]:
+    """The tasks whose key mapping has a place for every one of `keys`."""
+    return [
+        name
+        for name, spec in TASKS.items()
+        if all(_rename(key, {**BACKBONE_KEY_MAPPING, **spec.head_key_mapping}) is not None for key in keys)
+    ]
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
     """Original keys -> ours. Raises one ValueError listing every key that has no place."""
     spec = get_task(task)
-    dropped = _dropped_keys(state_dict, task)
+    dropped, reason = _dropped_keys(state_dict, task)
     if dropped:
-        logger.warning(f"Dropping {dropped}: no BEiT-3 {task} model has a place for these heads yet.")
+        logger.warning(f"Dropping {dropped}: {reason}.")
     mapping = {**BACKBONE_KEY_MAPPING, **spec.head_key_mapping}
     converted, unplaced = {}, []
     for key, value in state_dict.items():
@@ -215,8 +237,10 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], task: str) -> dict[s
             value = value[FAIRSEQ_POSITION_OFFSET:]
         converted[new_key] = value
     if unplaced:
+        fitting = _tasks_placing(unplaced)
+        hint = f" They fit the {' or '.join(fitting)} task: pass `--task {fitting[0]}`." if fitting else ""
         raise ValueError(
-            f"{len(unplaced)} checkpoint key(s) have no place in a BEiT-3 {task} model: {sorted(unplaced)}"
+            f"{len(unplaced)} checkpoint key(s) have no place in a BEiT-3 {task} model: {sorted(unplaced)}.{hint}"
         )
     if spec.model_class is BEiT3Model:  # the bare backbone is the base model: its keys carry no `beit3.` prefix
         converted = {key.removeprefix("beit3."): value for key, value in converted.items()}
@@ -259,6 +283,12 @@ def convert_checkpoint(
         if spm_path is not None or answer2label_path is not None:
             raise ValueError("A visual tokenizer takes images only: drop `spm_path` / `answer2label_path`.")
         return convert_visual_tokenizer(original, name, output_dir, num_attention_heads)
+    detected = detect_layout(original)
+    found = ", ".join(f"{key} {tuple(original[key].shape)}" for key in layouts()[detected].signature)
+    logger.info(
+        f"{name}: the keys of the {detected} layout{f' ({found})' if found else ''}; converting to the "
+        f"{task or layouts()[detected].task} task."
+    )
     config, task = infer_config(original, task=task, num_attention_heads=num_attention_heads)
     released = RELEASED_CHECKPOINTS.get(name)
     if released is not None and released.image_size != config.image_size:

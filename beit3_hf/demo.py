@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import BEiT3Config, BEiT3ImageProcessor, BEiT3Processor
+from .masking import BlockMaskingGenerator, mask_text_tokens
 from .tasks import TASKS
 from .tokenization_beit3 import load_beit3_tokenizer
 
@@ -93,6 +94,23 @@ def _captioning(model, processor, names, pictures, texts):
     return "captions " + str(processor.batch_decode(ids, skip_special_tokens=True))
 
 
+def _pretraining(model, processor, names, pictures, texts):
+    inputs = processor(images=pictures[:1], text=texts[:1], return_tensors="pt")
+    grid = model.config.image_size // model.config.patch_size
+    generator = torch.Generator().manual_seed(0)
+    bool_masked_pos = BlockMaskingGenerator(grid, mask_ratio=0.4)(generator)[None]
+    tokenizer = processor.tokenizer
+    input_ids, text_labels = mask_text_tokens(
+        inputs["input_ids"], inputs["attention_mask"], tokenizer.all_special_ids, tokenizer.mask_token_id,
+        probability=0.5, generator=generator,
+    )
+    out = model(**{**inputs, "input_ids": input_ids}, bool_masked_pos=bool_masked_pos)
+    guesses = tokenizer.convert_ids_to_tokens(out.text_logits.argmax(-1).tolist())
+    return (f"{int(bool_masked_pos.sum())}/{grid * grid} patches masked -> image_logits "
+            f"{tuple(out.image_logits.shape)}; {tokenizer.convert_ids_to_tokens(text_labels[text_labels != -100])} "
+            f"masked -> {guesses}")
+
+
 #: What the demo does with each head; a task without an entry is listed as having no demo.
 RUNNERS = {
     "backbone": _backbone,
@@ -101,6 +119,7 @@ RUNNERS = {
     "visual_reasoning": _visual_reasoning,
     "retrieval": _retrieval,
     "captioning": _captioning,
+    "pretraining": _pretraining,
 }
 
 

@@ -33,6 +33,11 @@ def render_card(name: str, row: ReleasedCheckpoint) -> str:
     if task.num_labels:
         details.append(f"- Labels: {task.num_labels}")
     details.append(f"- Reported result (unilm README): {row.result or 'none (pretrained checkpoint)'}")
+    if task.backbone_drops_head:
+        details.append(
+            f"- Backbone only: `beit3-convert {name}.pth OUT --task backbone` gives a `BEiT3Model` without the "
+            f"{row.task} heads."
+        )
     if layout.dropped_keys:
         details.append(
             f"- Not converted: the {row.layout} heads {', '.join(f'`{key}`' for key in layout.dropped_keys)}; "

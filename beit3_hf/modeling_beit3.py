@@ -123,6 +123,39 @@ class BEiT3CaptioningOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+@dataclass
+class BEiT3ForMaskedDataModelingOutput(ModelOutput):
+    """
+    Output of [`BEiT3ForMaskedDataModeling`]. Logits cover the masked positions only, in the order of
+    `bool_masked_pos.nonzero()` (image) and of the text positions predicted (`text_labels != -100`), batch first.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): `text_loss_weight * text_loss + image_loss_weight *
+            image_loss` over the parts whose labels were given.
+        text_loss (`torch.FloatTensor` of shape `()`, *optional*): mean cross-entropy over the labelled text tokens
+            of the batch (0 when none is labelled), with `text_labels`.
+        image_loss (`torch.FloatTensor` of shape `()`, *optional*): mean cross-entropy over the labelled masked
+            patches of the batch, with `image_labels`.
+        text_logits (`torch.FloatTensor` of shape `(num_masked_text_tokens, vocab_size)`, *optional*): vocabulary
+            scores of the predicted text positions, with `input_ids`.
+        image_logits (`torch.FloatTensor` of shape `(num_masked_patches, visual_vocab_size)`, *optional*):
+            visual-token scores of the masked patches, with `bool_masked_pos`.
+        text_accuracy / image_accuracy (`torch.FloatTensor` of shape `()`, *optional*): share of the labelled
+            positions whose argmax is the label (0 when none is labelled), with the labels.
+        hidden_states, attentions: as in [`BEiT3ModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    text_loss: torch.FloatTensor | None = None
+    image_loss: torch.FloatTensor | None = None
+    text_logits: torch.FloatTensor | None = None
+    image_logits: torch.FloatTensor | None = None
+    text_accuracy: torch.FloatTensor | None = None
+    image_accuracy: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The Multiway primitive
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,6 +348,11 @@ class BEiT3Embeddings(nn.Module):
         num_patches = embeddings.shape[1]
 
         if bool_masked_pos is not None:
+            if bool_masked_pos.dtype != torch.bool:
+                raise ValueError(
+                    f"`bool_masked_pos` must be a bool tensor (True = masked), got dtype {bool_masked_pos.dtype}; "
+                    "convert it with `.bool()`."
+                )
             if bool_masked_pos.shape != (batch_size, num_patches):
                 raise ValueError(
                     f"`bool_masked_pos` must have shape (batch_size, num_patches) = {(batch_size, num_patches)}, "
@@ -1317,6 +1355,175 @@ class BEiT3ForCaptioning(BEiT3PreTrainedModel, GenerationMixin):
         return model_kwargs
 
 
+class BEiT3ForMaskedDataModeling(BEiT3PreTrainedModel):
+    """
+    BEiT-3's pretraining objective, masked data modeling: predict the text tokens replaced by `<mask>` over the
+    vocabulary (`text_head`) and the visual tokens of masked image patches over the tokenizer's codebook
+    (`image_head`), for images, texts or image-text pairs (one joint sequence). Masked patches are replaced by the
+    learned `beit3.embeddings.mask_token` after the patch embedding, before the position embedding, as in BEiT.
+    The heads run on the masked positions only. The targets of `image_labels` are the codes of a BEiT v2 visual
+    tokenizer ([`BEiT3VisualTokenizer`]); `beit3_hf.masking` draws the masks.
+
+    Example:
+
+    ```python
+    >>> import torch, beit3_hf
+    >>> from beit3_hf.masking import BlockMaskingGenerator
+    >>> from transformers import AutoModelForPreTraining
+    >>> model = AutoModelForPreTraining.from_pretrained("path/to/beit3-base-pretrained")  # BEiT3ForMaskedDataModeling
+    >>> bool_masked_pos = BlockMaskingGenerator(14, mask_ratio=0.4)()[None]  # (1, 196)
+    >>> out = model(pixel_values=torch.randn(1, 3, 224, 224), bool_masked_pos=bool_masked_pos,
+    ...             image_labels=torch.randint(0, 8192, (1, 196)))
+    >>> out.image_loss, out.image_logits.shape  # (78, 8192)
+    ```
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: BEiT3Config):
+        super().__init__(config)
+        self.beit3 = BEiT3Model(config)
+        self.text_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.image_head = nn.Linear(config.hidden_size, config.visual_vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.text_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.text_head = new_embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        image_labels: torch.Tensor | None = None,
+        text_labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BEiT3ForMaskedDataModelingOutput | tuple:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): token ids in which the
+            masked positions already hold `<mask>` (`beit3_hf.masking.mask_text_tokens`).
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*): True at the patches
+            replaced by the mask token (`beit3_hf.masking.BlockMaskingGenerator`), in row-major grid order.
+        image_labels (`torch.LongTensor` of shape `(batch_size, num_patches)`, *optional*): visual-token ids in
+            `[0, visual_vocab_size)`. Only the masked patches are read, so the tokenizer's full grid of codes can be
+            passed as it is (any value, -100 included, is ignored at unmasked patches; -100 at a masked patch leaves
+            it out of the loss).
+        text_labels (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): the original token at each
+            masked position, -100 elsewhere. They choose the text positions predicted; without them these are the
+            `<mask>` positions of `input_ids` (`config.mask_token_id`). Padding (`attention_mask` 0) is never
+            predicted.
+
+        The loss is `config.text_loss_weight * text_loss + config.image_loss_weight * image_loss` over the parts
+        whose labels are given; each part is a mean over the batch's labelled positions.
+        """
+        self._check_labels(pixel_values, input_ids, bool_masked_pos, image_labels, text_labels)
+        outputs = self.beit3(
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+
+        image_logits = image_loss = image_accuracy = None
+        if bool_masked_pos is not None:
+            masked_patches = outputs.image_last_hidden_state[:, 1:][bool_masked_pos]  # CLS excluded
+            image_logits = _predict(self.image_head, masked_patches, self.config.visual_vocab_size)
+            if image_labels is not None:
+                image_loss, image_accuracy = _masked_prediction_loss(image_logits, image_labels[bool_masked_pos])
+
+        text_logits = text_loss = text_accuracy = None
+        if input_ids is not None:
+            predicted = text_labels.ne(-100) if text_labels is not None else input_ids.eq(self.config.mask_token_id)
+            if attention_mask is not None:
+                predicted = predicted & attention_mask.bool()
+            text_logits = _predict(
+                self.text_head, outputs.text_last_hidden_state[predicted], self.config.vocab_size
+            )
+            if text_labels is not None:
+                text_loss, text_accuracy = _masked_prediction_loss(text_logits, text_labels[predicted])
+
+        weighted = [
+            weight * part
+            for weight, part in ((self.config.text_loss_weight, text_loss), (self.config.image_loss_weight, image_loss))
+            if part is not None
+        ]
+        return BEiT3ForMaskedDataModelingOutput(
+            loss=sum(weighted) if weighted else None,
+            text_loss=text_loss,
+            image_loss=image_loss,
+            text_logits=text_logits,
+            image_logits=image_logits,
+            text_accuracy=text_accuracy,
+            image_accuracy=image_accuracy,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _check_labels(self, pixel_values, input_ids, bool_masked_pos, image_labels, text_labels):
+        if bool_masked_pos is not None and pixel_values is None:
+            raise ValueError("`bool_masked_pos` was given without `pixel_values`: it masks patches of an image.")
+        if image_labels is not None:
+            if pixel_values is None:
+                raise ValueError("`image_labels` were given without `pixel_values`.")
+            if bool_masked_pos is None:
+                raise ValueError(
+                    "`image_labels` were given without `bool_masked_pos`: the image loss is taken at the masked "
+                    "patches (mask them with `beit3_hf.masking.BlockMaskingGenerator`)."
+                )
+            if image_labels.dtype not in (torch.long, torch.int):
+                raise ValueError(f"`image_labels` must hold integer visual-token ids, got dtype {image_labels.dtype}.")
+            if image_labels.shape != bool_masked_pos.shape:
+                raise ValueError(
+                    f"`image_labels` must match `bool_masked_pos` in shape {tuple(bool_masked_pos.shape)} "
+                    f"(batch_size, num_patches), got {tuple(image_labels.shape)}."
+                )
+            if bool_masked_pos.dtype == torch.bool:  # else the image embedding names the dtype
+                check_index_range(
+                    "image_labels", image_labels[bool_masked_pos], self.config.visual_vocab_size, "visual_vocab_size",
+                    ignore_index=-100,
+                )
+        if text_labels is not None:
+            if input_ids is None:
+                raise ValueError("`text_labels` were given without `input_ids`.")
+            if text_labels.dtype not in (torch.long, torch.int):
+                raise ValueError(f"`text_labels` must hold integer token ids, got dtype {text_labels.dtype}.")
+            if text_labels.shape != input_ids.shape:
+                raise ValueError(
+                    f"`text_labels` must match `input_ids` in shape {tuple(input_ids.shape)}, "
+                    f"got {tuple(text_labels.shape)}."
+                )
+            check_index_range("text_labels", text_labels, self.config.vocab_size, "vocab_size", ignore_index=-100)
+
+
+def _predict(head: nn.Linear, hidden_states: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`head` on the selected rows `(num_selected, hidden_size)`. On no rows it is not called (4-bit layers crash on
+    empty input); the empty logits still hang off the backbone, so a batch with nothing masked backpropagates."""
+    if hidden_states.shape[0] == 0:
+        return hidden_states.sum() + hidden_states.new_zeros(0, num_classes)
+    return head(hidden_states)
+
+
+def _masked_prediction_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the labelled rows (-100: not labelled) and the argmax accuracy; both 0 without any."""
+    labelled = labels.ne(-100)
+    count = labelled.sum().clamp(min=1)
+    loss = F.cross_entropy(logits.float(), labels.long(), ignore_index=-100, reduction="sum") / count
+    with torch.no_grad():
+        accuracy = (logits.argmax(dim=-1).eq(labels) & labelled).sum().float() / count
+    return loss, accuracy
+
+
 __all__ = [
     "BEiT3PreTrainedModel",
     "BEiT3Model",
@@ -1325,8 +1532,10 @@ __all__ = [
     "BEiT3ForVisualReasoning",
     "BEiT3ForImageTextRetrieval",
     "BEiT3ForCaptioning",
+    "BEiT3ForMaskedDataModeling",
     "BEiT3ModelOutput",
     "BEiT3ImageTextRetrievalOutput",
     "BEiT3CaptioningOutput",
+    "BEiT3ForMaskedDataModelingOutput",
     "BEiT3Multiway",
 ]

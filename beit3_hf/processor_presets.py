@@ -44,8 +44,8 @@ BICUBIC = 3
 PRESETS = ("vl", "imagenet")
 _PRESET_ALIASES = {"vl": "vl", "vision_language": "vl", "vision-language": "vl", "imagenet": "imagenet"}
 
-#: Which preset each task was released with ("backbone": the pretrained files, whose downstream use is
-#: overwhelmingly vision-language; their ImageNet fine-tuning switches to the imagenet preset).
+#: Which preset each task was released with ("pretraining" and "backbone": the pretrained files, whose downstream
+#: use is overwhelmingly vision-language; their ImageNet fine-tuning switches to the imagenet preset).
 TASK_PRESETS = {name: task.processor_preset for name, task in TASKS.items()}
 
 #: Input resolution of each task's released checkpoints (one VQA large checkpoint also exists at 768).
@@ -96,7 +96,7 @@ def processor_config_for(task: str, image_size: int | None = None) -> dict:
 
     Args:
         task: a name in `tasks.TASKS`: `"image_classification"` (imagenet preset) or `"vqa"`, `"visual_reasoning"`,
-            `"retrieval"`, `"captioning"`, `"backbone"` (vision-language preset).
+            `"retrieval"`, `"captioning"`, `"pretraining"`, `"backbone"` (vision-language preset).
         image_size: input resolution; defaults to the released one for the task (see `DEFAULT_IMAGE_SIZES`).
 
     Raises:

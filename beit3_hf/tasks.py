@@ -14,12 +14,13 @@ This module is data and tiny accessors only: it imports the model classes, never
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForImageTextToText,
+    AutoModelForPreTraining,
     AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
     GenerationConfig,
@@ -80,6 +81,11 @@ class BEiT3Task:
     final_layer_norm: bool = True
     #: Builds the decoding setting of the release from `bos_token_id`, `pad_token_id` and `eos_token_id`.
     generation_config: Callable[..., GenerationConfig] | None = None
+    #: Config attribute -> original key whose row count sets it (besides `label_key` for `num_labels`).
+    config_from_rows: dict[str, str] = field(default_factory=dict)
+    #: Whether `--task backbone` on a checkpoint of this task drops its head (with a warning naming the keys)
+    #: rather than refusing it: true of the pretraining heads, which every downstream use discards.
+    backbone_drops_head: bool = False
 
 
 # fmt: off
@@ -141,6 +147,17 @@ TASKS: dict[str, BEiT3Task] = {task.name: task for task in (
         },
         image_size=480, generation_config=captioning_generation_config,
     ),
+    BEiT3Task(
+        "pretraining", modeling.BEiT3ForMaskedDataModeling, AutoModelForPreTraining, None,
+        "masked data modeling (pretrained, with its text and image prediction heads)",
+        # a captioning file has `mlm_head` alone; the pretrained files add `mim_head` over the visual codebook
+        signature={"mlm_head.weight": TEXT_VOCAB, "mim_head.weight": MIM_CODEBOOK_SIZE},
+        head_key_mapping={
+            r"^mlm_head\.(weight|bias)$":                  r"text_head.\1",
+            r"^mim_head\.(weight|bias)$":                  r"image_head.\1",
+        },
+        config_from_rows={"visual_vocab_size": "mim_head.weight"}, backbone_drops_head=True,
+    ),
 )}
 # fmt: on
 
@@ -155,16 +172,9 @@ class KeyLayout:
     dropped_keys: tuple[str, ...] = ()
 
 
-#: Layouts of released files whose heads no model here has a place for yet, converted to another task's model.
-EXTRA_LAYOUTS: dict[str, KeyLayout] = {
-    # The pretrained files also hold the masked-data-modeling heads: text (over the vocabulary) and image (over the
-    # visual codebook). A captioning file has `mlm_head` alone. Until a pretraining model takes them they are dropped.
-    "pretraining": KeyLayout(
-        task="backbone",
-        signature={"mlm_head.weight": TEXT_VOCAB, "mim_head.weight": MIM_CODEBOOK_SIZE},
-        dropped_keys=("mlm_head.weight", "mlm_head.bias", "mim_head.weight", "mim_head.bias"),
-    ),
-}
+#: Layouts of released files whose heads no model here has a place for, converted to another task's model (none
+#: today: the pretrained files' heads became the "pretraining" task).
+EXTRA_LAYOUTS: dict[str, KeyLayout] = {}
 
 
 def layouts() -> dict[str, KeyLayout]:

@@ -101,16 +101,25 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
-def build_official(task: str, seed: int = 0, num_labels: int = 3, **dims):
-    """The official model for `task` with random weights, in eval mode."""
+#: Rows of the released pretrained files' `mim_head` (the BEiT v2 tokenizer's codebook).
+CODEBOOK_SIZE = 8192
+
+
+def build_official(task: str, seed: int = 0, num_labels: int = 3, codebook_size: int = CODEBOOK_SIZE, **dims):
+    """The official model for `task` with random weights, in eval mode. "pretraining" is the layout of the
+    pretrained files, whose training code is unreleased: the torchscale backbone plus `mlm_head` (hidden ->
+    vocabulary) and `mim_head` (hidden -> `codebook_size`), the four keys unilm's loaders allow besides it."""
     BEiT3, _, ft = official_modules()
     normalize_output = task not in ("image_classification", "vqa")
     args = official_args(normalize_output=normalize_output, **dims)
-    if task == "backbone":
+    if task in ("backbone", "pretraining"):
         class Backbone(torch.nn.Module):  # checkpoints keep the backbone under `beit3.`
             def __init__(self):
                 super().__init__()
                 self.beit3 = BEiT3(args)
+                if task == "pretraining":
+                    self.mlm_head = torch.nn.Linear(args.encoder_embed_dim, args.vocab_size)
+                    self.mim_head = torch.nn.Linear(args.encoder_embed_dim, codebook_size)
 
         model = Backbone()
     elif task == "image_classification":

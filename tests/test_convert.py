@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import transformers
 
 import beit3_hf
 from beit3_hf.convert import (
@@ -26,6 +27,7 @@ TASKS = {
     "visual_reasoning": beit3_hf.BEiT3ForVisualReasoning,
     "retrieval": beit3_hf.BEiT3ForImageTextRetrieval,
     "captioning": beit3_hf.BEiT3ForCaptioning,
+    "pretraining": beit3_hf.BEiT3ForMaskedDataModeling,
 }
 
 
@@ -33,7 +35,7 @@ TASKS = {
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_infers_everything_from_the_tensors(task):
     official = build_official(task, num_labels=5, hidden_size=64, layers=3, heads=1, ffn=96, image_size=48,
-                              patch_size=16, vocab_size=120)
+                              patch_size=16, vocab_size=120, codebook_size=8192)
     state_dict = official.state_dict()
     assert detect_task(state_dict) == task
     config, detected = infer_config(state_dict)
@@ -45,6 +47,7 @@ def test_infers_everything_from_the_tensors(task):
     assert config.use_final_layer_norm == (task not in ("image_classification", "vqa"))
     if task in ("image_classification", "vqa"):
         assert config.num_labels == 5
+    assert config.visual_vocab_size == 8192  # from `mim_head` for pretraining, the default elsewhere
 
 
 @needs_official
@@ -78,6 +81,38 @@ def test_task_override_and_backbone_from_a_head_checkpoint(tmp_path):
         convert_checkpoint(checkpoint, task="backbone", num_attention_heads=4)
     with pytest.raises(ValueError, match="Unknown task"):
         convert_checkpoint(checkpoint, task="segmentation", num_attention_heads=4)
+
+
+@needs_official
+def test_cli_converts_a_pretrained_file_both_ways(tmp_path):
+    """`--task pretraining` (also the default) keeps the heads equal to the original tensors; `--task backbone`
+    writes a bare backbone without them, and warns naming the dropped keys."""
+    official = build_official("pretraining", vocab_size=100)
+    state_dict = official.state_dict()
+    checkpoint = tmp_path / "beit3_tiny_patch8_32.pth"
+    torch.save({"model": state_dict}, checkpoint)
+    for task, expected in (("pretraining", "BEiT3ForMaskedDataModeling"), (None, "BEiT3ForMaskedDataModeling"),
+                           ("backbone", "BEiT3Model")):
+        output_dir = tmp_path / str(task)
+        task_args = [] if task is None else ["--task", task]
+        result = subprocess.run(
+            [sys.executable, "-m", "beit3_hf.convert", str(checkpoint), str(output_dir), "--num-attention-heads", "4",
+             *task_args],
+            capture_output=True, text=True, check=True,
+        )
+        assert result.stdout.startswith(expected), result.stdout
+        config = json.loads((output_dir / "config.json").read_text())
+        assert config["architectures"] == [expected]
+        dropped = ("mlm_head.bias", "mlm_head.weight", "mim_head.bias", "mim_head.weight")
+        assert all(key in result.stderr for key in dropped) == (task == "backbone"), result.stderr
+    model = transformers.AutoModelForPreTraining.from_pretrained(tmp_path / "pretraining")
+    assert type(model) is beit3_hf.BEiT3ForMaskedDataModeling and model.config.visual_vocab_size == 8192
+    for ours, theirs in ((model.text_head, official.mlm_head), (model.image_head, official.mim_head)):
+        assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
+    backbone = transformers.AutoModel.from_pretrained(tmp_path / "backbone")
+    assert type(backbone) is beit3_hf.BEiT3Model
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, model.beit3.state_dict()[key]), key
 
 
 @needs_official
@@ -118,7 +153,9 @@ def test_released_checkpoint_table():
     assert len(fine_tuned) == 23 and len(RELEASED_CHECKPOINTS) == 29
     assert RELEASED_CHECKPOINTS["beit3_large_indomain_patch16_768_vgqaaug_vqa"].image_size == 768
     assert RELEASED_CHECKPOINTS["beit3_base_patch16_384_f30k_retrieval"].task == "retrieval"
-    assert {row.task for row in fine_tuned.values()} == set(TASKS) - {"backbone"}
+    assert {row.task for row in fine_tuned.values()} == set(TASKS) - {"backbone", "pretraining"}
+    pretrained = {name: row.task for name, row in RELEASED_CHECKPOINTS.items() if not row.result}
+    assert pretrained == {name: "retrieval" if "_itc_" in name else "pretraining" for name in pretrained}
     for name, row in RELEASED_CHECKPOINTS.items():
         assert f"_{row.image_size}" in name and row.size in name
 

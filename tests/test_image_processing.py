@@ -267,6 +267,7 @@ def test_processor_config_for_released_tasks():
         "visual_reasoning",
         "retrieval",
         "captioning",
+        "pretraining",
     }
     for task in TASK_PRESETS:
         config = processor_config_for(task, 64)

@@ -29,9 +29,11 @@ HEAD_CLASSES = [
     beit3_hf.BEiT3ForVisualReasoning,
     beit3_hf.BEiT3ForImageTextRetrieval,
     beit3_hf.BEiT3ForCaptioning,
+    beit3_hf.BEiT3ForMaskedDataModeling,
 ]
 # heads whose backbone pass is joint image-text input (the others encode each modality on its own)
-JOINT_HEADS = {"BEiT3ForVisualQuestionAnswering", "BEiT3ForVisualReasoning", "BEiT3ForCaptioning"}
+JOINT_HEADS = {"BEiT3ForVisualQuestionAnswering", "BEiT3ForVisualReasoning", "BEiT3ForCaptioning",
+               "BEiT3ForMaskedDataModeling"}
 
 
 def paper_config(**overrides):
@@ -320,6 +322,15 @@ def head_batch(model_class, inputs):
         return dict(pixel_values=pairs, input_ids=input_ids, attention_mask=attention_mask, labels=torch.tensor([1, 0]))
     if name == "BEiT3ForImageTextRetrieval":
         return dict(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, return_loss=True)
+    if name == "BEiT3ForMaskedDataModeling":  # an image-text pair: masked patches and masked words
+        bool_masked_pos = torch.zeros(batch_size, 16, dtype=torch.bool)
+        bool_masked_pos[:, 3:9] = True
+        masked = input_ids.clone()
+        masked[:, 2::2] = 99
+        text_labels = input_ids.masked_fill((attention_mask == 0) | (masked != 99), -100)
+        return dict(pixel_values=pixel_values, input_ids=masked, attention_mask=attention_mask,
+                    bool_masked_pos=bool_masked_pos, image_labels=torch.randint(0, 8192, (batch_size, 16)),
+                    text_labels=text_labels)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     masked = input_ids.clone()
     masked[:, 2::2] = 99  # mask_token_id of the tiny vocabulary

@@ -1,13 +1,23 @@
 """The task table (`beit3_hf.tasks`): every released file converts as its key layout says, detection tells the
 layouts apart by name and shape, everything derived from the table agrees with it, and adding a task is one entry."""
 
+import logging
+
 import pytest
 import torch
 from torch import nn
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.testing_utils import CaptureLogger
 
-from beit3_hf import BEiT3Config, BEiT3ForImageTextRetrieval, BEiT3Model, BEiT3PreTrainedModel, convert, tasks
+from beit3_hf import (
+    BEiT3Config,
+    BEiT3ForImageTextRetrieval,
+    BEiT3ForMaskedDataModeling,
+    BEiT3Model,
+    BEiT3PreTrainedModel,
+    convert,
+    tasks,
+)
 from beit3_hf.configuration_beit3 import BEIT3_PRESETS
 from beit3_hf.convert import (
     convert_checkpoint,
@@ -28,16 +38,9 @@ PRETRAINING_HEADS = ("mlm_head.weight", "mlm_head.bias", "mim_head.weight", "mim
 
 
 def build_layout(layout: str, **dims) -> dict[str, torch.Tensor]:
-    """An original-format state dict in `layout`: the official model of that task, or, for "pretraining", the
-    official backbone plus the masked-data-modeling heads (text over the vocabulary, image over the codebook)."""
-    if layout != "pretraining":
-        return build_official(layout, **dims).state_dict()
-    state_dict = build_official("backbone", **dims).state_dict()
-    vocab_size, hidden_size = state_dict["beit3.text_embed.weight"].shape
-    for head, rows in (("mlm_head", vocab_size), ("mim_head", MIM_CODEBOOK_SIZE)):
-        state_dict[f"{head}.weight"] = torch.randn(rows, hidden_size)
-        state_dict[f"{head}.bias"] = torch.randn(rows)
-    return state_dict
+    """An original-format state dict in `layout`: the official model of that task (for "pretraining", the official
+    backbone plus the masked-data-modeling heads: text over the vocabulary, image over the codebook)."""
+    return build_official(layout, **dims).state_dict()
 
 
 def _is_text_parameter(key: str) -> bool:
@@ -94,43 +97,76 @@ def test_itc_file_is_a_retrieval_checkpoint(tmp_path):
 
 
 @needs_official
-def test_pretraining_layout_becomes_a_backbone_without_exactly_its_heads(tmp_path):
+def test_pretraining_layout_converts_with_its_heads_or_to_a_backbone_without_exactly_them(tmp_path):
     state_dict = build_layout("pretraining", vocab_size=100)
-    assert detect_layout(state_dict) == "pretraining" and detect_task(state_dict) == "backbone"
+    assert detect_layout(state_dict) == "pretraining" and detect_task(state_dict) == "pretraining"
     checkpoint = tmp_path / "pretrained.pth"
     torch.save({"model": state_dict}, checkpoint)
     with CaptureLogger(convert.logger) as captured:
         model = convert_checkpoint(checkpoint, num_attention_heads=4)
-    assert type(model) is BEiT3Model
-    assert all(key in captured.out for key in PRETRAINING_HEADS), captured.out
+    assert type(model) is BEiT3ForMaskedDataModeling and captured.out == ""  # nothing dropped, nothing to warn
+    convert.logger.setLevel(logging.INFO)
+    try:
+        with CaptureLogger(convert.logger) as captured:
+            convert_checkpoint(checkpoint, num_attention_heads=4)
+    finally:
+        convert.logger.setLevel(logging.NOTSET)
+    assert "pretraining layout (mlm_head.weight (100, 32), mim_head.weight (8192, 32))" in captured.out
+    assert model.config.visual_vocab_size == MIM_CODEBOOK_SIZE and model.config.vocab_size == 100
+    for ours, theirs in (("text_head", "mlm_head"), ("image_head", "mim_head")):
+        for part in ("weight", "bias"):
+            assert torch.equal(getattr(getattr(model, ours), part), state_dict[f"{theirs}.{part}"])
+
+    with CaptureLogger(convert.logger) as captured:
+        backbone = convert_checkpoint(checkpoint, task="backbone", num_attention_heads=4)
+    assert type(backbone) is BEiT3Model
+    assert all(key in captured.out for key in PRETRAINING_HEADS) and "--task pretraining" in captured.out
 
     bare = {key: value for key, value in state_dict.items() if key not in PRETRAINING_HEADS}
     assert detect_layout(bare) == "backbone"
     expected = convert_state_dict(bare, "backbone")
-    converted = model.state_dict()
+    converted = backbone.state_dict()
     assert converted.keys() == expected.keys()
     assert all(torch.equal(converted[key], value) for key, value in expected.items())
+    # the same backbone as inside the pretraining model, bit for bit
+    assert all(torch.equal(model.beit3.state_dict()[key], value) for key, value in converted.items())
 
-    # another task's model keeps its strictness: the heads are only dropped for the model the layout converts to
-    with pytest.raises(ValueError, match=r"no place in a BEiT-3 captioning model: \['mim_head.bias', 'mim_head.weight'\]"):
+    # another task's model keeps its strictness: only the backbone drops the pretraining heads
+    with pytest.raises(ValueError, match=r"no place in a BEiT-3 captioning model: \['mim_head.bias', 'mim_head.w"):
         convert_state_dict(state_dict, "captioning")
 
 
 @needs_official
-def test_detection_reads_shapes_not_only_names():
-    """mlm_head AND an 8192-row mim_head make the pretraining layout; with another row count it is not."""
-    state_dict = build_layout("pretraining", vocab_size=100)
-    hidden_size = state_dict["mlm_head.weight"].shape[1]
-    state_dict["mim_head.weight"], state_dict["mim_head.bias"] = torch.randn(100, hidden_size), torch.randn(100)
+def test_detection_reads_shapes_not_only_names(tmp_path):
+    """mlm_head over the vocabulary AND an 8192-row mim_head make the pretraining layout; with another codebook
+    size detection does not guess (it names `--task pretraining`, which takes any codebook), and an mlm_head not over
+    the vocabulary is no text head. A captioning file (mlm_head alone) stays captioning."""
+    assert detect_task(build_layout("captioning", vocab_size=100)) == "captioning"
+
+    state_dict = build_layout("pretraining", vocab_size=100, codebook_size=64)
     assert detect_task(state_dict) == "captioning"  # mlm_head over the vocabulary, an unknown mim_head
-    with pytest.raises(ValueError, match=r"\['mim_head.bias', 'mim_head.weight'\]"):
+    with pytest.raises(ValueError, match=r"\['mim_head.bias', 'mim_head.weight'\]\. They fit the pretraining task"):
         convert_state_dict(state_dict, "captioning")
+    with pytest.raises(ValueError, match=r"4 checkpoint key\(s\) have no place in a BEiT-3 backbone model"):
+        convert_state_dict(state_dict, "backbone")  # not a released pretraining file: nothing is dropped silently
+    checkpoint = tmp_path / "codebook64.pth"
+    torch.save(state_dict, checkpoint)
+    model = convert_checkpoint(checkpoint, task="pretraining", num_attention_heads=4)
+    assert model.config.visual_vocab_size == 64 and model.image_head.weight.shape == (64, 32)
 
     state_dict = build_layout("pretraining", vocab_size=100)
+    hidden_size = state_dict["mlm_head.weight"].shape[1]
     state_dict["mlm_head.weight"], state_dict["mlm_head.bias"] = torch.randn(7, hidden_size), torch.randn(7)
     assert detect_task(state_dict) == "backbone"  # an mlm_head not over the vocabulary is no text head
     with pytest.raises(ValueError, match=r"4 checkpoint key\(s\) have no place in a BEiT-3 backbone model"):
         convert_state_dict(state_dict, "backbone")
+    model = BEiT3ForMaskedDataModeling(infer_config(state_dict, task="pretraining", num_attention_heads=4)[0])
+    with pytest.raises(ValueError, match=r"text_head.weight: checkpoint \(7, 32\) vs model \(100, 32\)"):
+        load_converted(model, convert_state_dict(state_dict, "pretraining"))
+
+    del state_dict["mim_head.weight"], state_dict["mim_head.bias"]
+    with pytest.raises(ValueError, match=r"checkpoint holds 'mim_head.weight' \(it sets `visual_vocab_size`\)"):
+        infer_config(state_dict, task="pretraining")
 
 
 def test_tables_are_consistent():
@@ -158,26 +194,28 @@ def test_auto_class_and_pipeline_tag_fit_the_model(name):
 
 
 class MaskedDataModelingExample(BEiT3PreTrainedModel):
-    """The head class of docs/adding_a_task.md's worked example (conversion needs its parameters, not a forward)."""
+    """A head class as docs/adding_a_task.md writes one (conversion needs its parameters, not a forward)."""
 
     def __init__(self, config):
         super().__init__(config)
         self.beit3 = BEiT3Model(config)
         self.mlm_head = nn.Linear(config.hidden_size, config.vocab_size)
-        self.mim_head = nn.Linear(config.hidden_size, MIM_CODEBOOK_SIZE)
+        self.mim_head = nn.Linear(config.hidden_size, config.visual_vocab_size)
         self.post_init()
 
 
 @needs_official
 def test_adding_a_task_is_one_entry(monkeypatch, tmp_path):
-    """docs/adding_a_task.md: one `TASKS` entry (plus its head class) and the pretraining files convert into it."""
+    """docs/adding_a_task.md: one `TASKS` entry (plus its head class) and the files of its layout convert into it;
+    the converter, presets and cards need no change."""
+    real = TASKS["pretraining"]
     entry = BEiT3Task(
         "pretraining", MaskedDataModelingExample, None, None, "masked data modeling (pretrained)",
-        signature=tasks.EXTRA_LAYOUTS["pretraining"].signature,
+        signature=real.signature,
         head_key_mapping={r"^(mlm|mim)_head\.(weight|bias)$": r"\1_head.\2"},
+        config_from_rows=real.config_from_rows,
     )
     monkeypatch.setitem(TASKS, "pretraining", entry)
-    monkeypatch.delitem(tasks.EXTRA_LAYOUTS, "pretraining")  # the task now has a place for these heads
 
     state_dict = build_layout("pretraining", vocab_size=100)
     checkpoint = tmp_path / "pretrained.pth"
@@ -189,3 +227,15 @@ def test_adding_a_task_is_one_entry(monkeypatch, tmp_path):
     assert processor_config_for("pretraining")["size"] == {"height": 224, "width": 224}
     card = render_card("beit3_base_patch16_224", RELEASED_CHECKPOINTS["beit3_base_patch16_224"])
     assert "MaskedDataModelingExample" in card and "Not converted" not in card
+
+
+def test_pretrained_files_are_the_pretraining_task():
+    pretrained = [name for name, row in RELEASED_CHECKPOINTS.items() if not row.result]
+    assert len(pretrained) == 6
+    for name in pretrained:
+        expected = "retrieval" if "_itc_" in name else "pretraining"
+        assert RELEASED_CHECKPOINTS[name].task == expected, name
+    assert tasks.EXTRA_LAYOUTS == {}  # every released head has a model
+    card = render_card("beit3_large_indomain_patch16_224", RELEASED_CHECKPOINTS["beit3_large_indomain_patch16_224"])
+    assert "BEiT3ForMaskedDataModeling" in card and "masked data modeling" in card
+    assert "pipeline_tag" not in card and "Not converted" not in card
