@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer
 from transformers.utils import logging
 
 from beit3_hf import BEiT3ForCaptioning
@@ -28,6 +27,7 @@ from beit3_hf.metrics import bleu4, cider
 # the helpers next to this script, also when it is imported (tests) rather than run
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
+    BEiT3Trainer,
     DataArguments,
     load_processor,
     load_task_dataset,
@@ -78,7 +78,9 @@ def generate_captions(trainer, dataset, image_processor, tokenizer, data_args) -
 
 def main(args=None, callbacks=None) -> dict:
     """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
-    model_args, data_args, training_args = parse_arguments(CaptioningArguments, args, learning_rate=5e-5)
+    model_args, data_args, training_args = parse_arguments(
+        CaptioningArguments, args, task="captioning", learning_rate=5e-5
+    )
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
     processor = load_processor(model_args, "captioning")
@@ -97,7 +99,7 @@ def main(args=None, callbacks=None) -> dict:
             logger.info(f"generated {caption!r} for reference {reference!r}")
         return metrics
 
-    trainer = Trainer(
+    trainer = BEiT3Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -105,6 +107,8 @@ def main(args=None, callbacks=None) -> dict:
         data_collator=collator,
         processing_class=processor,
         callbacks=callbacks,
+        layer_decay=model_args.layer_decay,
+        task_head_lr_weight=model_args.task_head_lr_weight,
     )
     return train_and_evaluate(trainer, model_args, training_args, evaluate=evaluate)
 

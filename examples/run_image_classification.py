@@ -13,7 +13,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import Trainer
 
 from beit3_hf import BEiT3ForImageClassification
 from beit3_hf.collators import ImageClassificationCollator
@@ -22,6 +21,7 @@ from beit3_hf.metrics import accuracy
 # the helpers next to this script, also when it is imported (tests) rather than run
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
+    BEiT3Trainer,
     DataArguments,
     load_processor,
     load_task_dataset,
@@ -46,7 +46,9 @@ def label_names(dataset, column: str) -> list[str]:
 
 def main(args=None, callbacks=None) -> dict:
     """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
-    model_args, data_args, training_args = parse_arguments(ImageClassificationArguments, args, learning_rate=5e-5)
+    model_args, data_args, training_args = parse_arguments(
+        ImageClassificationArguments, args, task="image_classification", learning_rate=5e-5
+    )
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
     names = label_names(train_dataset, data_args.label_column)
@@ -60,7 +62,7 @@ def main(args=None, callbacks=None) -> dict:
         label2id={name: i for i, name in enumerate(names)},
     )
 
-    trainer = Trainer(
+    trainer = BEiT3Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -68,6 +70,8 @@ def main(args=None, callbacks=None) -> dict:
         data_collator=ImageClassificationCollator(processor, data_args.image_column, data_args.label_column),
         processing_class=processor,
         callbacks=callbacks,
+        layer_decay=model_args.layer_decay,
+        task_head_lr_weight=model_args.task_head_lr_weight,
         compute_metrics=lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)},
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
     )

@@ -16,7 +16,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import Trainer
 
 from beit3_hf import BEiT3ForImageTextRetrieval
 from beit3_hf.collators import ImageTextCollator
@@ -25,6 +24,7 @@ from beit3_hf.metrics import retrieval_recall
 # the helpers next to this script, also when it is imported (tests) rather than run
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
+    BEiT3Trainer,
     DataArguments,
     load_processor,
     load_task_dataset,
@@ -63,14 +63,16 @@ def evaluate_retrieval(trainer, eval_dataset, image_id_column: str) -> dict:
 
 def main(args=None, callbacks=None) -> dict:
     """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
-    model_args, data_args, training_args = parse_arguments(RetrievalArguments, args, learning_rate=5e-5)
+    model_args, data_args, training_args = parse_arguments(
+        RetrievalArguments, args, task="retrieval", learning_rate=5e-5
+    )
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
     processor = load_processor(model_args, "retrieval")
     model = prepare_model(BEiT3ForImageTextRetrieval, model_args, training_args, processor.tokenizer)
     collator = ImageTextCollator(processor, image_column=data_args.image_column, text_column=data_args.text_column,
                                  max_length=text_length(data_args, model), return_loss=True)
-    trainer = Trainer(
+    trainer = BEiT3Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -78,6 +80,8 @@ def main(args=None, callbacks=None) -> dict:
         data_collator=collator,
         processing_class=processor,
         callbacks=callbacks,
+        layer_decay=model_args.layer_decay,
+        task_head_lr_weight=model_args.task_head_lr_weight,
         # keep the embeddings, drop the per-batch similarity matrices
         preprocess_logits_for_metrics=lambda outputs, labels: (outputs[2], outputs[3]),
     )

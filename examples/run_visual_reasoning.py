@@ -12,7 +12,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import Trainer
 
 from beit3_hf import BEiT3ForVisualReasoning
 from beit3_hf.collators import ImageTextCollator
@@ -21,6 +20,7 @@ from beit3_hf.metrics import accuracy
 # the helpers next to this script, also when it is imported (tests) rather than run
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
+    BEiT3Trainer,
     DataArguments,
     load_processor,
     load_task_dataset,
@@ -42,7 +42,9 @@ class VisualReasoningArguments(DataArguments):
 
 def main(args=None, callbacks=None) -> dict:
     """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
-    model_args, data_args, training_args = parse_arguments(VisualReasoningArguments, args, learning_rate=5e-5)
+    model_args, data_args, training_args = parse_arguments(
+        VisualReasoningArguments, args, task="visual_reasoning", learning_rate=5e-5
+    )
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
     processor = load_processor(model_args, "visual_reasoning")
@@ -55,7 +57,7 @@ def main(args=None, callbacks=None) -> dict:
         pair_columns=(data_args.left_image_column, data_args.right_image_column),
         max_length=text_length(data_args, model),
     )
-    trainer = Trainer(
+    trainer = BEiT3Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -63,6 +65,8 @@ def main(args=None, callbacks=None) -> dict:
         data_collator=collator,
         processing_class=processor,
         callbacks=callbacks,
+        layer_decay=model_args.layer_decay,
+        task_head_lr_weight=model_args.task_head_lr_weight,
         compute_metrics=lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)},
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
     )

@@ -17,7 +17,6 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-from transformers import Trainer
 
 from beit3_hf import BEiT3Config, BEiT3ForVisualQuestionAnswering
 from beit3_hf.collators import VQACollator
@@ -27,6 +26,7 @@ from beit3_hf.vqa import build_answer_vocab
 # the helpers next to this script, also when it is imported (tests) rather than run
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
+    BEiT3Trainer,
     DataArguments,
     load_processor,
     load_task_dataset,
@@ -71,7 +71,9 @@ def checkpoint_answers(model_name_or_path: str | None) -> list[str] | None:
 
 def main(args=None, callbacks=None) -> dict:
     """Runs the script on `args` (default: the command line); `callbacks` are extra `TrainerCallback`s."""
-    model_args, data_args, training_args = parse_arguments(VQAArguments, args, learning_rate=5e-5)
+    model_args, data_args, training_args = parse_arguments(
+        VQAArguments, args, task="vqa", learning_rate=5e-5
+    )
     setup_logging(training_args)
     train_dataset, eval_dataset = load_task_dataset(data_args)
     answers = checkpoint_answers(model_args.model_name_or_path) or answer_vocabulary(train_dataset, data_args)
@@ -103,7 +105,7 @@ def main(args=None, callbacks=None) -> dict:
                 metrics[f"vqa_score_{question_type}"] = vqa_score(predictions[selected], targets[selected])
         return metrics
 
-    trainer = Trainer(
+    trainer = BEiT3Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -111,6 +113,8 @@ def main(args=None, callbacks=None) -> dict:
         data_collator=collator,
         processing_class=processor,
         callbacks=callbacks,
+        layer_decay=model_args.layer_decay,
+        task_head_lr_weight=model_args.task_head_lr_weight,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
     )

@@ -1,10 +1,14 @@
 """What the example scripts (`run_*.py`, next to this file) share: the model and data arguments, the scripts'
 TrainingArguments defaults, loading the data, the processor and the model (with LoRA / QLoRA flags), and the
-train / save / evaluate ending. Not part of the `beit3_hf` package: the library half (LoRA, quantisation, loading,
-collators) is `beit3_hf.peft_utils` and `beit3_hf.collators`."""
+train / save / evaluate ending, the official fine-tuning recipes (`--recipe`) and the Trainer with layer-wise
+learning-rate decay (`BEiT3Trainer`). Not part of the `beit3_hf` package: the library half (LoRA, quantisation,
+loading, collators, parameter groups) is `beit3_hf.peft_utils`, `beit3_hf.collators` and `beit3_hf.optimization`."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging as pylogging
 import os
 import sys
 from collections.abc import Sequence
@@ -12,14 +16,70 @@ from dataclasses import dataclass, field
 
 import datasets
 import torch
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.utils import logging
 
 from beit3_hf import BEiT3Config, BEiT3ImageProcessor, BEiT3PreTrainedModel, BEiT3Processor, load_beit3_tokenizer
+from beit3_hf.optimization import layer_decay_parameter_groups
 from beit3_hf.peft_utils import LORA_TARGETS, apply_lora, build_config, load_model, parse_config_overrides
 from beit3_hf.processor_presets import TASK_PRESETS
 
 logger = logging.get_logger(__name__)
+
+_COSINE = dict(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 1e-6})
+_SOURCE = "unilm beit3/get_started/get_started_for_{}.md"
+RECIPES = {
+    # VQAv2: 10 epochs, 1 of warmup, 8 GPUs x 16; randaug; 480 px
+    "vqav2_base": dict(task="vqa", source=_SOURCE.format("vqav2"), learning_rate=3e-5, num_train_epochs=10,
+                       warmup_steps=0.1, weight_decay=0.01, drop_path_rate=0.1, layer_decay=1.0,
+                       task_head_lr_weight=20.0, adam_beta2=0.98, per_device_train_batch_size=16,
+                       total_batch_size=128, image_size=480),
+    "vqav2_large": dict(task="vqa", source=_SOURCE.format("vqav2"), learning_rate=2e-5, num_train_epochs=10,
+                        warmup_steps=0.1, weight_decay=0.01, drop_path_rate=0.15, layer_decay=1.0,
+                        task_head_lr_weight=20.0, adam_beta2=0.98, per_device_train_batch_size=16,
+                        total_batch_size=128, image_size=480),
+    # NLVR2: 20 epochs, 5 of warmup, 8 GPUs x 32; 224 px
+    "nlvr2_base": dict(task="visual_reasoning", source=_SOURCE.format("nlvr2"), learning_rate=7e-4,
+                       num_train_epochs=20, warmup_steps=0.25, weight_decay=0.2, drop_path_rate=0.2, layer_decay=0.65,
+                       per_device_train_batch_size=32, total_batch_size=256, image_size=224),
+    "nlvr2_large": dict(task="visual_reasoning", source=_SOURCE.format("nlvr2"), learning_rate=3e-4,
+                        num_train_epochs=20, warmup_steps=0.25, weight_decay=0.2, drop_path_rate=0.2,
+                        layer_decay=0.85, per_device_train_batch_size=32, total_batch_size=256, image_size=224),
+    # COCO retrieval: 15 epochs, 3 of warmup, 3072 in all (16 GPUs x 192 / 32 GPUs x 96); 384 px
+    "retrieval_base": dict(task="retrieval", source=_SOURCE.format("retrieval"), learning_rate=2e-4,
+                           num_train_epochs=15, warmup_steps=0.2, weight_decay=0.05, drop_path_rate=0.2,
+                           layer_decay=0.65, per_device_train_batch_size=192, total_batch_size=3072, image_size=384),
+    "retrieval_large": dict(task="retrieval", source=_SOURCE.format("retrieval"), learning_rate=5e-5,
+                            num_train_epochs=15, warmup_steps=0.2, weight_decay=0.05, drop_path_rate=0.2,
+                            layer_decay=0.85, per_device_train_batch_size=96, total_batch_size=3072, image_size=384),
+    # ImageNet-1k: 50 epochs, 5 of warmup, 8 GPUs x 128; label smoothing 0.1 (mixup 0.8 / cutmix 1.0 not here); 224 px
+    "imagenet_base": dict(task="image_classification", source=_SOURCE.format("image_classification"),
+                          learning_rate=7e-4, num_train_epochs=50, warmup_steps=0.1, weight_decay=0.05,
+                          drop_path_rate=0.15, layer_decay=0.65, label_smoothing_factor=0.1,
+                          per_device_train_batch_size=128, total_batch_size=1024, image_size=224),
+    "imagenet_large": dict(task="image_classification", source=_SOURCE.format("image_classification"),
+                           learning_rate=2e-4, num_train_epochs=50, warmup_steps=0.1, weight_decay=0.05,
+                           drop_path_rate=0.25, layer_decay=0.8, label_smoothing_factor=0.1,
+                           per_device_train_batch_size=128, total_batch_size=1024, image_size=224),
+    # COCO captioning: 10 epochs, 1 of warmup, 8 GPUs x 32, mask prob 0.7, 32 tokens; randaug; 480 px
+    "captioning_base": dict(task="captioning", source=_SOURCE.format("captioning"), learning_rate=4e-5,
+                            num_train_epochs=10, warmup_steps=0.1, weight_decay=0.05, drop_path_rate=0.1,
+                            layer_decay=1.0, mask_prob=0.7, max_text_length=32, per_device_train_batch_size=32,
+                            total_batch_size=256, image_size=480),
+    "captioning_large": dict(task="captioning", source=_SOURCE.format("captioning"), learning_rate=8e-6,
+                             num_train_epochs=10, warmup_steps=0.1, weight_decay=0.05, drop_path_rate=0.1,
+                             layer_decay=1.0, mask_prob=0.7, max_text_length=32, per_device_train_batch_size=32,
+                             total_batch_size=256, image_size=480),
+}
+"""The official fine-tuning recipes (`--recipe NAME`), from the unilm BEiT-3 `get_started` guides: their values
+become the defaults of the script's arguments, so that flags given on the command line still win. Every recipe also
+uses unilm's schedule (cosine to a 1e-6 floor, `_COSINE`) and AdamW with betas (0.9, 0.999) unless it says otherwise.
+`warmup_steps` is a fraction of training (unilm's warmup epochs / epochs). `per_device_train_batch_size` is unilm's
+per-GPU batch; `total_batch_size` (unilm's GPUs x per-GPU batch) and `image_size` (set by the checkpoint) are only
+reported. Not reproduced: randaug / mixup / cutmix, captioning's label smoothing 0.1 and drop-worst loss."""
+
+_RECIPE_INFO = ("task", "source", "total_batch_size", "image_size")
 
 
 @dataclass
@@ -59,6 +119,34 @@ class ModelArguments:
     )
     load_in_8bit: bool = field(default=False, metadata={"help": "QLoRA: quantise the backbone to 8 bits."})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: quantise the backbone to 4 bits (NF4)."})
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={"help": "Stochastic depth: the config's `drop_path_rate` (layer i drops its branches with "
+                          "probability linspace(0, rate, layers)[i]). Default: the checkpoint's / config's."},
+    )
+    layer_decay: float = field(
+        default=1.0,
+        metadata={"help": "Layer-wise learning-rate decay in (0, 1]: layer i of L learns at lr * decay^(L + 1 - i) "
+                          "(embeddings 0, heads L + 1). 1 = off."},
+    )
+    task_head_lr_weight: float = field(
+        default=1.0, metadata={"help": "Learning-rate multiplier of the task head's `classifier` (unilm VQAv2: 20)."}
+    )
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "An official fine-tuning recipe whose values become the defaults (explicit flags win).",
+                  "choices": sorted(RECIPES)},
+    )
+
+    def __post_init__(self):
+        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"--drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}.")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"--layer_decay must be in (0, 1] (1 = off), got {self.layer_decay!r}.")
+        if not self.task_head_lr_weight > 0:
+            raise ValueError(f"--task_head_lr_weight must be > 0, got {self.task_head_lr_weight!r}.")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"Unknown --recipe {self.recipe!r}; choose one of {sorted(RECIPES)}.")
 
 
 @dataclass
@@ -96,25 +184,85 @@ without a GPU `use_cpu` is on, so that `torchrun` on CPUs trains one model with 
 trains alone); `bf16` is on where the GPU supports it."""
 
 
-def parse_arguments(data_class: type[DataArguments] = DataArguments, args: Sequence[str] | None = None, **defaults):
+def parse_arguments(
+    data_class: type[DataArguments] = DataArguments, args: Sequence[str] | None = None, task: str | None = None,
+    **defaults,
+):
     """
     `(ModelArguments, data_class, TrainingArguments)` from the command line (`args`, default `sys.argv[1:]`) or
-    from a single `.json` file, with `SCRIPT_DEFAULTS` and the script's own `defaults` (e.g. a learning rate).
+    from a single `.json` file, with `SCRIPT_DEFAULTS`, the script's own `defaults` (e.g. a learning rate) and, with
+    `--recipe`, the recipe's values (`RECIPES`) as defaults: arguments given explicitly win over all of them. A
+    recipe must be one of the script's `task`; the values used are logged.
     """
     parser = HfArgumentParser((ModelArguments, data_class, TrainingArguments))
     has_gpu = torch.cuda.is_available()
-    parser.set_defaults(
-        **SCRIPT_DEFAULTS, use_cpu=not has_gpu, bf16=has_gpu and torch.cuda.is_bf16_supported(), **defaults
-    )
+    defaults = {**SCRIPT_DEFAULTS, "use_cpu": not has_gpu, "bf16": has_gpu and torch.cuda.is_bf16_supported(),
+                **defaults}
     args = sys.argv[1:] if args is None else list(args)
-    if len(args) == 1 and args[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(args[0]))
-    return parser.parse_args_into_dataclasses(args)
+    from_file = len(args) == 1 and args[0].endswith(".json")
+    if from_file:
+        with open(os.path.abspath(args[0])) as file:
+            file_values = json.load(file)
+        recipe = file_values.get("recipe")
+    else:
+        recipe_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        recipe_parser.add_argument("--recipe")
+        recipe = recipe_parser.parse_known_args(args)[0].recipe
+    recipe_values = recipe_defaults(recipe, task, {action.dest for action in parser._actions})
+    defaults.update(recipe_values)
+    if from_file:
+        parsed = parser.parse_dict({**defaults, **file_values})
+    else:
+        parser.set_defaults(**defaults)
+        parsed = parser.parse_args_into_dataclasses(args)
+    if recipe is not None:
+        setup_logging(parsed[2])
+        log_recipe(recipe, recipe_values, parsed)
+    return parsed
+
+
+def recipe_defaults(recipe: str | None, task: str | None, known: set[str]) -> dict:
+    """The argument defaults of `recipe` (a key of `RECIPES`) for a script of `task` with the arguments `known`."""
+    if recipe is None:
+        return {}
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown --recipe {recipe!r}; choose one of {sorted(RECIPES)}.")
+    values = RECIPES[recipe]
+    if task is not None and values["task"] != task:
+        raise ValueError(f"--recipe {recipe!r} is for the {values['task']} script, not {task}.")
+    values = {**_COSINE, **{key: value for key, value in values.items() if key not in _RECIPE_INFO}}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--recipe {recipe!r} sets {unknown}, which this script does not have.")
+    return values
+
+
+def log_recipe(recipe: str, recipe_values: dict, parsed) -> None:
+    """One line: the recipe's values in use, those overridden on the command line, and unilm's total batch."""
+    used, overridden = [], []
+    for key, value in recipe_values.items():
+        actual = next(getattr(group, key) for group in parsed if hasattr(group, key))
+        if key == "lr_scheduler_kwargs" and isinstance(actual, str):
+            actual = json.loads(actual)
+        (used if actual == value else overridden).append(f"{key}={getattr(actual, 'value', actual)}")
+    info = RECIPES[recipe]
+    training_args = parsed[2]
+    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    logger.info(
+        f"Recipe {recipe} ({info['source']}): {', '.join(used)}"
+        + (f"; overridden on the command line: {', '.join(overridden)}" if overridden else "")
+        + f"; unilm's total batch {info['total_batch_size']} and image size {info['image_size']}"
+        f" (this run: {batch} x {training_args.world_size} processes)."
+    )
 
 
 def setup_logging(training_args) -> None:
-    """transformers/datasets verbosity from `--log_level` (warnings only on the non-main processes)."""
+    """transformers/datasets verbosity from `--log_level` (warnings only on the non-main processes), also for the
+    messages of these helpers (the recipe in use, LoRA's trainable share: `--log_level info`)."""
     log_level = training_args.get_process_log_level()
+    # this module's logger is outside the `transformers` hierarchy: give it a level, and the root a handler
+    pylogging.basicConfig(format="[%(levelname)s|%(name)s] %(asctime)s >> %(message)s")
+    logger.setLevel(log_level)
     logging.set_verbosity(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     logging.enable_default_handler()
@@ -176,6 +324,8 @@ def prepare_model(
             vocab_size = config_kwargs["vocab_size"] = len(tokenizer)
         if len(tokenizer) > vocab_size:
             raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab_size}.")
+    if model_args.drop_path_rate is not None:
+        config_kwargs["drop_path_rate"] = model_args.drop_path_rate
     set_seed(training_args.seed)
     model = load_model(
         model_class,
@@ -197,6 +347,37 @@ def prepare_model(
         logger.info(f"LoRA ({model_args.lora_target}): {trainable:,} of {total:,} parameters trainable "
                     f"({100 * trainable / total:.2f}%).")
     return model
+
+
+class BEiT3Trainer(Trainer):
+    """
+    A `Trainer` whose optimizer (the one `--optim` names, e.g. AdamW with `--adam_beta1/2`) gets BEiT-3's parameter
+    groups (`beit3_hf.optimization.layer_decay_parameter_groups`): layer-wise learning-rate decay (`layer_decay`),
+    a learning-rate multiplier on the task head (`task_head_lr_weight`), and unilm's weight-decay exemptions.
+    Subclass it instead of `Trainer` to keep them.
+    """
+
+    def __init__(self, *args, layer_decay: float = 1.0, task_head_lr_weight: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.layer_decay = layer_decay
+        self.task_head_lr_weight = task_head_lr_weight
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
+            opt_model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+                # an optimizer that builds its own parameter groups (GaLore, LOMO, Muon, ...)
+                if self.layer_decay != 1 or self.task_head_lr_weight != 1:
+                    raise ValueError(f"--optim {self.args.optim} builds its own parameter groups: it cannot be "
+                                     "combined with --layer_decay / --task_head_lr_weight.")
+            else:
+                groups = layer_decay_parameter_groups(
+                    opt_model, self.args.learning_rate, self.args.weight_decay, self.layer_decay,
+                    self.task_head_lr_weight,
+                )
+                self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
 
 
 def text_length(data_args: DataArguments, model) -> int:
