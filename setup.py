@@ -5,19 +5,24 @@ EXTRAS = {
     # real photos for the demo: python -m beit3_hf.demo
     "demo": ["scikit-image"],
     # the example scripts (datasets, LoRA, the Trainer) and their data: python -m beit3_hf.data.shapes trains the
-    # shapes-world tokenizer with sentencepiece
-    "train": ["datasets>=4", "peft>=0.18", "accelerate>=1.3", "sentencepiece"],
+    # shapes-world tokenizer with sentencepiece; the metrics are evaluate modules, BLEU / CIDEr pycocoevalcap's scorers
+    "train": ["datasets>=4", "peft>=0.18", "accelerate>=1.3", "sentencepiece", "evaluate>=0.4", "pycocoevalcap"],
     # 8-bit / 4-bit loading (beit3_hf.peft_utils.load_model prepares it for QLoRA with peft)
     "quant": ["bitsandbytes>=0.46.1", "accelerate>=1.3", "peft>=0.18"],
     # torchvision image-processor backend (pulls a large torch build: optional on purpose)
     "vision": ["torchvision"],
     # beit3-convert --spm: compare the converted tokenizer's ids with SentencePiece itself (the conversion needs none)
     "spm": ["sentencepiece"],
+    # beit3-export-onnx: torch's exporter (onnxscript) and the onnxruntime check of every graph (tested with onnx
+    # 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0; no floor tested)
+    "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    # the detection / segmentation examples' metrics: COCO mAP (pycocotools' COCOeval), mean IoU (torchmetrics)
+    "dense": ["pycocotools>=2.0.7", "torchmetrics>=1.3"],
 }
 # the test suite: everything above but torchvision (its tests skip without it), plus protobuf for the tokenizer
 # tests (the official torchscale/unilm code is installed by .ci/run with --no-deps)
 EXTRAS["dev"] = sorted(
-    {"pytest", "hypothesis", "protobuf"}.union(*(EXTRAS[name] for name in ("demo", "train", "quant", "spm")))
+    {"pytest", "hypothesis", "protobuf"}.union(*(EXTRAS[name] for name in ("demo", "train", "quant", "spm", "dense", "onnx")))
 )
 
 setup(
@@ -28,7 +33,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["beit3_hf", "beit3_hf.*"]),
-    package_data={"beit3_hf": ["assets/shapes_tokenizer/*"]},
+    # the evaluate modules of beit3_hf.metrics (loaded by path, so they must ship as files)
+    package_data={"beit3_hf": ["assets/shapes_tokenizer/*", "metrics/*/*.py"]},
     python_requires=">=3.10",
     # Floors. torch and huggingface-hub: transformers 5.24's own (it disables torch < 2.6; torch 2.6 itself is not
     # tested here, CI runs 2.13, see .ci/run). The others were tested together at the floor, with
@@ -46,5 +52,11 @@ setup(
         "tokenizers",
     ],
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["beit3-convert=beit3_hf.convert:main"]},
+    entry_points={
+        "console_scripts": [
+            "beit3-convert=beit3_hf.convert:main",
+            "beit3-export-onnx=beit3_hf.onnx_export:main",
+            "beit3-publish=beit3_hf.publish:main",
+        ]
+    },
 )

@@ -8,7 +8,7 @@ visual tokenizer (model type "beit3_visual_tokenizer") is registered with AutoCo
 AutoImageProcessor too.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
 from .configuration_beit3 import BEIT3_PRESETS, BEiT3Config
@@ -29,6 +29,7 @@ from .modeling_beit3 import (
     BEiT3Multiway,
     BEiT3PreTrainedModel,
 )
+from .modeling_beit3_backbone import BEiT3Backbone
 from .modeling_visual_tokenizer import (
     BEiT3VectorQuantizer,
     BEiT3VisualTokenizer,
@@ -39,6 +40,7 @@ from .masking import BlockMaskingGenerator, mask_text_tokens
 from .parameter_groups import count_parameters_by_group
 from .pipelines import BEiT3VisualQuestionAnsweringPipeline, register_pipelines
 from .processing_beit3 import BEiT3Processor, register_processors
+from .remote_code import register_remote_code
 from .tasks import TASKS
 from .tokenization_beit3 import BEiT3Tokenizer, convert_spm_to_tokenizer, load_beit3_tokenizer
 
@@ -48,8 +50,10 @@ AutoConfig.register("beit3", BEiT3Config, exist_ok=True)
 for _task in TASKS.values():  # one Auto class per task (`tasks.py`)
     if _task.auto_class is not None:
         _task.auto_class.register(BEiT3Config, _task.model_class, exist_ok=True)
+AutoBackbone.register(BEiT3Config, BEiT3Backbone, exist_ok=True)  # detection / segmentation backbone
 register_processors()
 register_pipelines()
+register_remote_code()  # saved directories carry their code and `auto_map` (load with trust_remote_code=True)
 AutoConfig.register(BEiT3VisualTokenizerConfig.model_type, BEiT3VisualTokenizerConfig, exist_ok=True)
 AutoModel.register(BEiT3VisualTokenizerConfig, BEiT3VisualTokenizer, exist_ok=True)
 # the tokenizer's processor is the BEiT-3 one (PIL, plus torchvision when installed) without normalisation
@@ -60,6 +64,7 @@ AutoImageProcessor.register(
 __all__ = [
     *modeling_beit3.__all__,
     "BEIT3_PRESETS",
+    "BEiT3Backbone",
     "BEiT3Config",
     "BEiT3ImageProcessor",
     "BEiT3Processor",

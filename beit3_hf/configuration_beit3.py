@@ -1,8 +1,11 @@
 """BEiT-3 configuration."""
 
 import math
+import os
+import shutil
 
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 # Sizes of the released checkpoints (unilm `beit3/modeling_utils.py`) and of the paper's unreleased giant model.
 BEIT3_PRESETS = {
@@ -21,7 +24,15 @@ BEIT3_PRESETS = {
     ),
 }
 
-class BEiT3Config(PreTrainedConfig):
+#: Fields of the transformers PR's BEiT-3 config (huggingface/transformers#22289 and #39534, model type "beit3" too)
+#: that this config does not have: a directory carrying them holds the PR's layout, which `beit3-convert` reads.
+PR_CONFIG_FIELDS = ("embed_dim", "layers", "sub_layernorm", "subln", "encoder_normalize_before", "max_source_positions",
+                    "img_size")  # fmt: skip
+
+BACKBONE_NECKS = ("simple_pyramid", "fpn")
+
+
+class BEiT3Config(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a BEiT-3 Multiway Transformer and its task heads.
 
@@ -66,9 +77,37 @@ class BEiT3Config(PreTrainedConfig):
             parts a batch has labels for. Non-negative, not both 0.
         pad_token_id / bos_token_id / eos_token_id / mask_token_id: XLM-R ids of the BEiT-3 tokenizer (1, 0, 2 and
             64001; `mask_token_id` defaults to the last id when the vocabulary is smaller than the release's).
+        image_only (`bool`, defaults to `False`): the image path alone, with no token embedding, text position table
+            or text experts (timm's vision-only BEiT-3 weights, `beit3-convert` of a timm file); text input raises
+            a ValueError. `vocab_size` and `max_text_positions` are then unused.
+        out_features / out_indices (`list`, *optional*): the stages [`BEiT3Backbone`] returns (or feeds its neck),
+            by name in `stage_names` (`"stem"` = the patch embeddings, `"stage{i}"` = the output of block `i`) or by
+            index (negative ones count from the end); the last stage by default. Only read by the backbone.
+        backbone_neck (`str`, *optional*): multi-scale neck of [`BEiT3Backbone`]. `"simple_pyramid"` (ViTDet's simple
+            feature pyramid, on the one selected stage) or `"fpn"` (BEiT's deconvolution FPN, on four selected
+            stages, as transformers' `BeitBackbone(add_fpn=True)`); `None` returns the patch grids themselves.
+        backbone_neck_channels (`int`, defaults to 256): output channels of the simple pyramid (the FPN keeps
+            `hidden_size`).
+        backbone_neck_scales (`tuple[float]`, defaults to `(4.0, 2.0, 1.0, 0.5)`): scales of the simple pyramid's
+            levels relative to the patch grid, each one of 4, 2, 1, 0.5 (strides 4/8/16/32 for patch 16).
     """
 
     model_type = "beit3"
+    #: Auto class -> `module.Class` of every head, written into `auto_map` by `save_pretrained` once the class is
+    #: registered for remote code (`beit3_hf.remote_code`, run by `import beit3_hf`), so a saved directory loads
+    #: with `trust_remote_code=True` without the package.
+    remote_auto_map = {}
+    #: The module files `remote_auto_map` names, with the files they import (filled with it), copied next to the
+    #: config so that the directory's code is complete whichever class saved it.
+    remote_code_files = ()
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        if self._auto_class is not None and self.remote_auto_map:
+            self.auto_map = {**self.remote_auto_map, **(getattr(self, "auto_map", None) or {})}
+            os.makedirs(save_directory, exist_ok=True)
+            for file in self.remote_code_files:
+                shutil.copyfile(file, os.path.join(save_directory, os.path.basename(file)))
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def __init__(
         self,
@@ -99,8 +138,22 @@ class BEiT3Config(PreTrainedConfig):
         bos_token_id: int = 0,
         eos_token_id: int = 2,
         mask_token_id: int | None = None,
+        image_only: bool = False,
+        out_features: list[str] | None = None,
+        out_indices: list[int] | None = None,
+        backbone_neck: str | None = None,
+        backbone_neck_channels: int = 256,
+        backbone_neck_scales: tuple[float, ...] | list[float] = (4.0, 2.0, 1.0, 0.5),
         **kwargs,
     ):
+        pr_fields = sorted(set(kwargs) & set(PR_CONFIG_FIELDS))
+        if pr_fields:
+            raise ValueError(
+                f"This is the config of the transformers PR's BEiT-3 (huggingface/transformers#39534, fields "
+                f"{pr_fields}), which shares the model type 'beit3' but not the layout; loading it would build a "
+                "wrong, randomly initialised model. Convert the checkpoint once with `beit3-convert CHECKPOINT_DIR "
+                "OUTPUT_DIR` (add `--swap-experts` for files of the 2023 revision, #22289), then load OUTPUT_DIR."
+            )
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
@@ -129,8 +182,27 @@ class BEiT3Config(PreTrainedConfig):
         if mask_token_id is None:  # the release's <mask> (64001) when it fits, else the last id
             mask_token_id = 64001 if vocab_size > 64001 else vocab_size - 1
         self.mask_token_id = mask_token_id
+        if not isinstance(image_only, bool):
+            raise ValueError(f"`image_only` must be a bool, got {image_only!r}.")
+        self.image_only = image_only
+        self.backbone_neck = backbone_neck
+        self.backbone_neck_channels = backbone_neck_channels
+        self.backbone_neck_scales = [float(scale) for scale in backbone_neck_scales]
+        kwargs.pop("stage_names", None)  # derived from num_hidden_layers
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
         self._validate()
+        # backbone stages (transformers' BackboneConfigMixin): the patch embeddings, then every block
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, num_hidden_layers + 1)]
+        if out_indices is not None:
+            num_stages = len(self.stage_names)
+            for index in out_indices:
+                if isinstance(index, bool) or not isinstance(index, int) or not -num_stages <= index < num_stages:
+                    raise ValueError(
+                        f"`out_indices` {list(out_indices)!r} has {index!r}, out of range for the {num_stages} stages "
+                        f"{self.stage_names} (0 = the patch embeddings, {num_hidden_layers} = the last block)."
+                    )
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        self.check_backbone_neck()
 
     def _validate(self):
         positive = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
@@ -167,6 +239,30 @@ class BEiT3Config(PreTrainedConfig):
             raise ValueError("`text_loss_weight` and `image_loss_weight` are both 0: the loss would be 0.")
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise ValueError(f"`mask_token_id` ({self.mask_token_id}) must be below `vocab_size` ({self.vocab_size}).")
+
+    def check_backbone_neck(self):
+        """ValueError unless the neck options fit each other and the selected stages (`out_features`)."""
+        if self.backbone_neck not in (None, *BACKBONE_NECKS):
+            raise ValueError(f"`backbone_neck` must be None or one of {BACKBONE_NECKS}, got {self.backbone_neck!r}.")
+        if self.backbone_neck == "fpn" and len(self.out_features) != 4:
+            raise ValueError(
+                f"`backbone_neck='fpn'` needs four stages, got out_features={self.out_features}; e.g. "
+                f"`out_indices=[4, 6, 8, 12]` for a 12-block model (BEiT's choice)."
+            )
+        if self.backbone_neck == "simple_pyramid":
+            if len(self.out_features) != 1:
+                raise ValueError(
+                    f"`backbone_neck='simple_pyramid'` builds every level from one stage, got out_features="
+                    f"{self.out_features}; select one (the last block by default)."
+                )
+            scales = self.backbone_neck_scales
+            if not scales or any(scale not in (4.0, 2.0, 1.0, 0.5) for scale in scales) or len(set(scales)) != len(scales):
+                raise ValueError(
+                    f"`backbone_neck_scales` must be distinct values among 4, 2, 1 and 0.5, got {scales!r}."
+                )
+        channels = self.backbone_neck_channels
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"`backbone_neck_channels` must be a positive integer, got {channels!r}.")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "BEiT3Config":

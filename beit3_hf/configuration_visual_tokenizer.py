@@ -95,6 +95,17 @@ class BEiT3VisualTokenizerConfig(PreTrainedConfig):
             raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps!r}.")
         super().__post_init__(**kwargs)
 
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # transformers' `custom_object_save` takes every class whose name holds "Tokenizer" for a text tokenizer and
+        # writes a [slow, fast] pair into `auto_map`; a config's and a model's entries are single references
+        if isinstance(output.get("auto_map"), dict):
+            output["auto_map"] = {
+                auto_class: reference[0] if isinstance(reference, (list, tuple)) else reference
+                for auto_class, reference in output["auto_map"].items()
+            }
+        return output
+
     @property
     def grid_size(self) -> int:
         """Side of the code grid (and of the encoder's patch grid) at `image_size`."""

@@ -26,6 +26,7 @@ from .configuration_visual_tokenizer import (
     BEiT3VisualTokenizerConfig,
     visual_tokenizer_processor_kwargs,
 )
+from .foreign_layouts import FAIRSEQ_POSITION_OFFSET, to_unilm_layout
 from .image_processing_beit3 import BEiT3ImageProcessor
 from .model_cards import render_card
 from .modeling_beit3 import BEiT3Model
@@ -37,8 +38,6 @@ from .tokenization_beit3 import convert_spm_to_tokenizer
 
 logger = logging.get_logger(__name__)
 
-# fairseq position tables start at row 2; rows 0 and 1 are never read, so the converter drops them
-FAIRSEQ_POSITION_OFFSET = 2
 
 EXPERTS = {"A": "image", "B": "text"}
 
@@ -97,10 +96,29 @@ VISUAL_TOKENIZER_DROPPED_PREFIXES = ("teacher", "scaling", "loss")
 VISUAL_TOKENIZER_UNUSED_KEYS = ("quantize.embedding.cluster_size", "quantize.embedding.embed_avg")
 
 
+def _read_weights(path: Path) -> dict:
+    """A `.pth`/`.bin` (read with `weights_only=True`), a `.safetensors` file, or a model directory holding either
+    (sharded ones through their index), as the transformers PR's and timm's Hub repositories are."""
+    if path.is_dir():
+        for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json"):  # fmt: skip
+            if (path / name).is_file():
+                return _read_weights(path / name)
+        raise ValueError(f"{path} is a directory without model.safetensors or pytorch_model.bin (or their index).")
+    if path.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+        return {key: value for shard in shards for key, value in _read_weights(path.parent / shard).items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Reads a `.pth` safely (`weights_only=True`); weights may sit under "model", "module", "state_dict" or at the
-    top level."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """Reads a checkpoint safely (see `_read_weights`); weights may sit under "model", "module", "state_dict" or at
+    the top level."""
+    checkpoint = _read_weights(Path(path))
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(checkpoint).__name__}).")
     for key in ("model", "module", "state_dict"):
@@ -141,15 +159,24 @@ def _require(state_dict: dict[str, torch.Tensor], key: str, kind: str = "BEiT-3"
 
 
 def infer_config(
-    state_dict: dict[str, torch.Tensor], task: str | None = None, num_attention_heads: int | None = None
+    state_dict: dict[str, torch.Tensor],
+    task: str | None = None,
+    num_attention_heads: int | None = None,
+    image_only: bool = False,
 ) -> tuple[BEiT3Config, str]:
-    """The config (and task) a checkpoint was trained with, read off its tensor shapes."""
+    """The config (and task) a checkpoint was trained with, read off its tensor shapes. `image_only`: the image path
+    alone (timm's weights), with no text keys to read."""
     task = task or detect_task(state_dict)
     label_key = get_task(task).label_key
-    vocab_size, hidden_size = _require(state_dict, "beit3.text_embed.weight").shape
     patch_weight = _require(state_dict, "beit3.vision_embed.proj.weight")
+    if image_only:
+        defaults = BEiT3Config()
+        vocab_size, hidden_size = defaults.vocab_size, patch_weight.shape[0]
+        text_rows = defaults.max_text_positions + FAIRSEQ_POSITION_OFFSET
+    else:
+        vocab_size, hidden_size = _require(state_dict, "beit3.text_embed.weight").shape
+        text_rows = _require(state_dict, "beit3.encoder.embed_positions.B.weight").shape[0]
     image_rows = _require(state_dict, "beit3.encoder.embed_positions.A.weight").shape[0]
-    text_rows = _require(state_dict, "beit3.encoder.embed_positions.B.weight").shape[0]
     layers = {int(m.group(1)) for key in state_dict if (m := re.match(r"beit3\.encoder\.layers\.(\d+)\.", key))}
     if not layers:
         raise ValueError("Not a BEiT-3 checkpoint: no `beit3.encoder.layers.*` keys.")
@@ -178,6 +205,7 @@ def infer_config(
         max_text_positions=text_rows - FAIRSEQ_POSITION_OFFSET,
         use_final_layer_norm="beit3.encoder.layer_norm.A.weight" in state_dict,
         num_labels=num_labels,
+        image_only=image_only,
         **from_rows,
     )
     return config, task
@@ -273,8 +301,11 @@ def convert_checkpoint(
     num_attention_heads: int | None = None,
     spm_path: str | Path | None = None,
     answer2label_path: str | Path | None = None,
+    swap_experts: bool = False,
 ):
-    """Converts `checkpoint_path`; saves the model (and its preprocessing) to `output_dir` when given."""
+    """Converts `checkpoint_path` (a released `.pth`, or the transformers PR's or timm's BEiT-3 weights: see
+    `foreign_layouts`); saves the model (and its preprocessing) to `output_dir` when given. `swap_experts`: read a
+    transformers PR file of the 2023 revision, whose `.text` experts hold the image weights."""
     original = load_original_state_dict(checkpoint_path)
     name = Path(checkpoint_path).stem
     if task is None and "quantize.embedding.weight" in original:
@@ -283,13 +314,15 @@ def convert_checkpoint(
         if spm_path is not None or answer2label_path is not None:
             raise ValueError("A visual tokenizer takes images only: drop `spm_path` / `answer2label_path`.")
         return convert_visual_tokenizer(original, name, output_dir, num_attention_heads)
+    original, source_layout = to_unilm_layout(original, swap_experts=swap_experts)
+    image_only = source_layout == "timm"
     detected = detect_layout(original)
     found = ", ".join(f"{key} {tuple(original[key].shape)}" for key in layouts()[detected].signature)
     logger.info(
         f"{name}: the keys of the {detected} layout{f' ({found})' if found else ''}; converting to the "
         f"{task or layouts()[detected].task} task."
     )
-    config, task = infer_config(original, task=task, num_attention_heads=num_attention_heads)
+    config, task = infer_config(original, task=task, num_attention_heads=num_attention_heads, image_only=image_only)
     released = RELEASED_CHECKPOINTS.get(name)
     if released is not None and released.image_size != config.image_size:
         raise ValueError(
@@ -462,7 +495,10 @@ def _save_preprocessing(output_dir: Path, task: str, config: BEiT3Config, spm_pa
 
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="original BEiT-3 .pth file")
+    parser.add_argument(
+        "checkpoint",
+        help="original BEiT-3 .pth file, or the transformers PR's / timm's BEiT-3 weights (file or model directory)",
+    )
     parser.add_argument("output_dir", help="where to write the Hugging Face model directory")
     parser.add_argument(
         "--task",
@@ -472,6 +508,11 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--num-attention-heads", type=int, help="default: hidden_size / 64 (true of every release)")
     parser.add_argument("--spm", help="the release's beit3.spm, converted into tokenizer.json next to the weights")
     parser.add_argument("--answer2label", help="unilm answer2label.txt, sets id2label for VQA checkpoints")
+    parser.add_argument(
+        "--swap-experts",
+        action="store_true",
+        help="a transformers PR checkpoint of the 2023 revision (#22289), whose `.text` experts hold the image weights",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the converted directory to this Hub repo")
     args = parser.parse_args(argv)
 
@@ -482,6 +523,7 @@ def main(argv: list[str] | None = None):
         num_attention_heads=args.num_attention_heads,
         spm_path=args.spm,
         answer2label_path=args.answer2label,
+        swap_experts=args.swap_experts,
     )
     config = model.config
     print(

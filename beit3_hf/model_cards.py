@@ -20,7 +20,41 @@ def _size_text(size: str) -> str:
     return f"{preset['num_hidden_layers']} layers, hidden {preset['hidden_size']}, {preset['num_attention_heads']} heads"
 
 
-def render_card(name: str, row: ReleasedCheckpoint) -> str:
+def usage_section(model_class: str, repo_id: str, with_processor: bool = True) -> list[str]:
+    """The card's "Usage" lines: loading with the package, and without it through the code the checkpoint ships
+    (`beit3_hf.remote_code`)."""
+    from .remote_code import REMOTE_AUTO_CLASSES
+
+    auto_class = next((auto for cls, auto in REMOTE_AUTO_CLASSES.items() if cls.__name__ == model_class), None)
+    processor = "BEiT3Processor" if with_processor else "BEiT3ImageProcessor"
+    auto_processor = "AutoProcessor" if with_processor else "AutoImageProcessor"
+    lines = [
+        "## Usage",
+        "With the package (`pip install beit3-hf`):",
+        "```python",
+        "import beit3_hf  # registers BEiT-3 with the Auto classes",
+        f"from beit3_hf import {model_class}, {processor}",
+        "",
+        f'model = {model_class}.from_pretrained("{repo_id}")',
+        f'processor = {processor}.from_pretrained("{repo_id}")',
+        "```",
+    ]
+    if auto_class is not None:
+        lines += [
+            "",
+            "Without it (only torch and transformers): the checkpoint carries its code, loaded with `trust_remote_code`:",
+            "```python",
+            f"from transformers import {auto_class}, {auto_processor}",
+            "",
+            f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)',
+            f'processor = {auto_processor}.from_pretrained("{repo_id}", trust_remote_code=True)',
+            "```",
+        ]
+    return lines
+
+
+def render_card(name: str, row: ReleasedCheckpoint, repo_id: str | None = None) -> str:
+    """The card of released checkpoint `name`; `repo_id` is where it is loaded from (default `path/to/{name}`)."""
     task, layout = TASKS[row.task], layouts()[row.layout]
     model_class = task.model_class.__name__
     details = [
@@ -60,14 +94,7 @@ def render_card(name: str, row: ReleasedCheckpoint) -> str:
             "## Model details",
             *details,
             "",
-            "## Usage",
-            "```python",
-            "import beit3_hf  # registers BEiT-3 with the Auto classes",
-            f"from beit3_hf import {model_class}, BEiT3Processor",
-            "",
-            f'model = {model_class}.from_pretrained("path/to/{name}")',
-            f'processor = BEiT3Processor.from_pretrained("path/to/{name}")',
-            "```",
+            *usage_section(model_class, repo_id or f"path/to/{name}", with_processor=row.task != "image_classification"),
             "",
             "## Citation",
             "Wang et al., *Image as a Foreign Language: BEiT Pretraining for Vision and Vision-Language Tasks*,",
@@ -75,6 +102,20 @@ def render_card(name: str, row: ReleasedCheckpoint) -> str:
             "",
         ]
     )
+
+
+def render_generic_card(name: str, model, repo_id: str, with_processor: bool = True) -> str:
+    """A card for a converted checkpoint that is not in the released table (sizes read off the model)."""
+    config, model_class = model.config, type(model).__name__
+    parameters = sum(parameter.numel() for parameter in model.parameters()) / 1e6
+    layers, width = config.num_hidden_layers, config.hidden_size
+    return "\n".join(
+        ["---", "license: mit", "library_name: transformers", "tags: [beit3, multiway-transformer]", "---", "",
+         f"# {name}", "",
+         f"`{model_class}` ({layers} layers, hidden {width}, {config.image_size}px, {parameters:.1f}M parameters), "
+         f"converted from `{name}` with `beit3-convert` from the beit3_hf package.", "",
+         *usage_section(model_class, repo_id, with_processor=with_processor), ""]
+    )  # fmt: skip
 
 
 def write_cards(output_dir: str | Path) -> list[Path]:

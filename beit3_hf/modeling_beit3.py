@@ -14,6 +14,7 @@ text experts. Conventions kept from the release, each said once where it happens
 """
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -200,6 +201,8 @@ class BEiT3Multiway(nn.Module):
             return self.image_text(hidden_states)
         if split.num_text_tokens == 0:
             return self.image(hidden_states)
+        if self.text is None:  # an image-only model (`config.image_only`); BEiT3Model refuses text before this
+            raise ValueError("This BEiT-3 model is image-only (no text experts); it cannot take text tokens.")
         if split.num_image_tokens == 0:
             return self.text(hidden_states)
         image_states, text_states = hidden_states.split([split.num_image_tokens, split.num_text_tokens], dim=1)
@@ -296,8 +299,11 @@ class BEiT3Embeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.image_position_embedding = nn.Embedding(config.num_patches + 1, config.hidden_size)
-        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.text_position_embedding = nn.Embedding(config.max_text_positions, config.hidden_size)
+        if config.image_only:  # the image path alone (timm's weights): no text tables
+            self.token_embedding = self.text_position_embedding = None
+        else:
+            self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.text_position_embedding = nn.Embedding(config.max_text_positions, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def interpolate_image_positions(self, height: int, width: int) -> torch.Tensor:
@@ -610,6 +616,27 @@ class BEiT3Encoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+#: Keys (without the `beit3.` prefix a base model drops) that prove a checkpoint of another BEiT-3 layout, which
+#: `from_pretrained` would otherwise load as unexpected keys, leaving the model randomly initialised.
+FOREIGN_LAYOUT_KEYS = {
+    "the transformers PR's (huggingface/transformers#39534)": r"(^|\.)(text_embedding\.weight|vision_embedding\.projection\.weight)$",
+    "the original unilm release's": r"(^|\.)(text_embed\.weight|vision_embed\.proj\.weight)$",
+    "timm's": r"^blocks\.\d+\.attn\.qkv\.weight$",
+}
+
+
+def check_foreign_layout(unexpected_keys, path) -> None:
+    """ValueError naming the converter when `unexpected_keys` (of a `from_pretrained`) prove another layout."""
+    for layout, pattern in FOREIGN_LAYOUT_KEYS.items():
+        found = sorted(key for key in unexpected_keys if re.search(pattern, key))
+        if found:
+            raise ValueError(
+                f"{path} holds BEiT-3 weights in {layout} layout (e.g. `{found[0]}`), which this model does not "
+                f"load (its parameters would stay random). Convert them once with `beit3-convert {path} OUTPUT_DIR` "
+                "(`pip install beit3-hf`), then load OUTPUT_DIR."
+            )
+
+
 class BEiT3PreTrainedModel(PreTrainedModel):
     config: BEiT3Config
     config_class = BEiT3Config
@@ -624,6 +651,17 @@ class BEiT3PreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _input_embed_layer = "token_embedding"
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing (with the command that converts them) weights of another
+        BEiT-3 layout: the transformers PR's, timm's or the original `.pth` keys."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        check_foreign_layout(loading_info.get("unexpected_keys", ()), pretrained_model_name_or_path)
+        return (model, loading_info) if output_loading_info else model
+
     def _init_weights(self, module: nn.Module):
         """unilm's init: truncated normal (cut at one std) for linear layers, LayerNorms at 1/0."""
         std = self.config.initializer_range
@@ -635,9 +673,12 @@ class BEiT3PreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, BEiT3Embeddings):
-            init.normal_(module.token_embedding.weight, std=self.config.hidden_size**-0.5)
-            for weight in (module.image_position_embedding.weight, module.text_position_embedding.weight,
-                           module.cls_token, module.mask_token):
+            text_tables = module.token_embedding is not None  # absent in image-only models
+            if text_tables:
+                init.normal_(module.token_embedding.weight, std=self.config.hidden_size**-0.5)
+            for weight in (module.image_position_embedding.weight,
+                           *((module.text_position_embedding.weight,) if text_tables else ()),
+                           module.cls_token, module.mask_token):  # fmt: skip
                 init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 
 
@@ -665,6 +706,10 @@ class BEiT3Model(BEiT3PreTrainedModel):
             self.final_layer_norm = multiway(layer_norm, image_text=config.num_image_text_layers > 0)
         else:
             self.final_layer_norm = None
+        if config.image_only:  # timm's vision-only weights: no text experts anywhere
+            for module in self.modules():
+                if isinstance(module, BEiT3Multiway):
+                    module.text = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -715,6 +760,12 @@ class BEiT3Model(BEiT3PreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        if input_ids is not None and self.config.image_only:
+            raise ValueError(
+                f"This BEiT-3 model is image-only (`config.image_only`, e.g. converted from timm's vision-only "
+                f"weights): it has no text experts or token embedding, so it cannot take `input_ids` (got shape "
+                f"{tuple(input_ids.shape)}). Pass `pixel_values` alone, or use a checkpoint with text experts."
+            )
         self._check_input_shapes(pixel_values, input_ids, attention_mask)
         past_length = cache.get_seq_length() if cache is not None else 0
         num_cached_image_tokens = self._num_cached_image_tokens(pixel_values, past_length, num_cached_image_tokens)

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from . import modeling_beit3 as modeling
+from .modeling_beit3 import BEiT3Model  # noqa: F401  (this form is what copies modeling_beit3.py with remote code)
 from .generation import captioning_generation_config
 
 __all__ = [

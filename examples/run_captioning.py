@@ -14,13 +14,16 @@ generation config says otherwise).
 
 import os
 import sys
+import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch.utils.data import DataLoader
 from transformers.utils import logging
 
 from beit3_hf import BEiT3ForCaptioning
+from beit3_hf.augmentation import captioning_smoothed_loss
 from beit3_hf.collators import CaptioningCollator, ImageClassificationCollator
 from beit3_hf.metrics import bleu4, cider
 
@@ -29,10 +32,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
     BEiT3Trainer,
     DataArguments,
+    augment_training_data,
+    evaluation_progress,
     load_processor,
     load_task_dataset,
     parse_arguments,
     prepare_model,
+    report_evaluation,
     setup_logging,
     text_length,
     train_and_evaluate,
@@ -43,9 +49,15 @@ logger = logging.get_logger(__name__)
 
 @dataclass
 class CaptioningArguments(DataArguments):
+    augments_images: ClassVar[bool] = True  # --augment, through trainer_utils.augment_training_data
     text_column: str = field(default="text")
     max_text_length: int = field(default=32, metadata={"help": "Longest caption in tokens, <s> and </s> included."})
     mask_prob: float = field(default=0.6, metadata={"help": "Fraction of caption tokens to corrupt and predict."})
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "unilm's captioning label smoothing of the training loss (eps on the V - 1 other tokens, "
+                          "KL divergence); 0 = plain cross-entropy. unilm: 0.1."},
+    )
     generation_max_length: int | None = field(
         default=None, metadata={"help": "Longest generated caption, <s> included (default: max_text_length)."}
     )
@@ -68,7 +80,7 @@ def generate_captions(trainer, dataset, image_processor, tokenizer, data_args) -
     if data_args.generation_num_beams is not None:
         generation_kwargs["num_beams"] = data_args.generation_num_beams
     captions, rows = [], []
-    for batch in loader:
+    for batch in evaluation_progress(trainer, loader, len(loader), "Generating captions"):
         ids = model.generate(pixel_values=batch["pixel_values"], **generation_kwargs)
         texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
         captions += trainer.accelerator.gather_for_metrics(texts, use_gather_object=True)
@@ -88,13 +100,23 @@ def main(args=None, callbacks=None) -> dict:
     collator = CaptioningCollator(processor, image_column=data_args.image_column, text_column=data_args.text_column,
                                   max_length=text_length(data_args, model), mask_prob=data_args.mask_prob)
 
+    augment_training_data(train_dataset, data_args, processor, [data_args.image_column], [data_args.text_column])
+
+    def smoothed_loss(outputs, labels):
+        return captioning_smoothed_loss(outputs["logits"], labels, data_args.label_smoothing)
+
     def evaluate(trainer) -> dict:
         metrics = trainer.evaluate()
+        start = time.perf_counter()
         captions, rows = generate_captions(trainer, eval_dataset, processor.image_processor, processor.tokenizer,
                                            data_args)
         texts = eval_dataset[data_args.text_column]
         references = [texts[row] for row in rows]
         metrics.update(eval_bleu4=bleu4(captions, references), eval_cider=cider(captions, references))
+        seconds = time.perf_counter() - start
+        report_evaluation(trainer, f"Captioning: {len(captions)} images captioned and scored in {seconds:.1f} s "
+                                   f"({len(captions) / max(seconds, 1e-9):.1f}/s): BLEU-4 {metrics['eval_bleu4']:.4f}, "
+                                   f"CIDEr {metrics['eval_cider']:.4f}")
         for caption, reference in list(zip(captions, references))[:3]:
             logger.info(f"generated {caption!r} for reference {reference!r}")
         return metrics
@@ -109,6 +131,7 @@ def main(args=None, callbacks=None) -> dict:
         callbacks=callbacks,
         layer_decay=model_args.layer_decay,
         task_head_lr_weight=model_args.task_head_lr_weight,
+        train_loss=smoothed_loss if data_args.label_smoothing > 0 else None,
     )
     return train_and_evaluate(trainer, model_args, training_args, evaluate=evaluate)
 

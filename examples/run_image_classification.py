@@ -12,9 +12,11 @@ The head is BEiT-3's (mean of the patch tokens -> LayerNorm -> Linear); only the
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 from beit3_hf import BEiT3ForImageClassification
+from beit3_hf.augmentation import ClassificationBatchAugment
 from beit3_hf.collators import ImageClassificationCollator
 from beit3_hf.metrics import accuracy
 
@@ -23,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
     BEiT3Trainer,
     DataArguments,
+    augment_training_data,
     load_processor,
     load_task_dataset,
     parse_arguments,
@@ -34,7 +37,15 @@ from trainer_utils import (  # noqa: E402
 
 @dataclass
 class ImageClassificationArguments(DataArguments):
+    augments_images: ClassVar[bool] = True  # --augment, through trainer_utils.augment_training_data
     label_column: str = field(default="label", metadata={"help": "Column with the class index."})
+    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (Beta(alpha, alpha)); 0 = off. unilm: 0.8."})
+    cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha; 0 = off. unilm: 1.0."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch (mixup or cutmix)."})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of cutmix when both are on."})
+    reprob: float = field(
+        default=0.0, metadata={"help": "timm's random erasing probability per training image; unilm: 0.25."}
+    )
 
 
 def label_names(dataset, column: str) -> list[str]:
@@ -62,6 +73,15 @@ def main(args=None, callbacks=None) -> dict:
         label2id={name: i for i, name in enumerate(names)},
     )
 
+    augment_training_data(train_dataset, data_args, processor, [data_args.image_column])
+    batch_augment = None
+    if data_args.mixup > 0 or data_args.cutmix > 0 or data_args.reprob > 0:
+        # mixed labels are soft: the label smoothing goes into them, and the Trainer takes the soft-target loss
+        batch_augment = ClassificationBatchAugment(
+            len(names), data_args.mixup, data_args.cutmix, data_args.mixup_prob, data_args.mixup_switch_prob,
+            label_smoothing=training_args.label_smoothing_factor, random_erasing=data_args.reprob,
+        )
+
     trainer = BEiT3Trainer(
         model=model,
         args=training_args,
@@ -72,6 +92,8 @@ def main(args=None, callbacks=None) -> dict:
         callbacks=callbacks,
         layer_decay=model_args.layer_decay,
         task_head_lr_weight=model_args.task_head_lr_weight,
+        train_batch_transform=batch_augment,
+        train_loss=batch_augment.loss if batch_augment is not None else None,
         compute_metrics=lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)},
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
     )

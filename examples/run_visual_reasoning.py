@@ -11,6 +11,7 @@ a local `imagefolder` whose `metadata.jsonl` has `left_image_file_name`, `right_
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 from beit3_hf import BEiT3ForVisualReasoning
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
     BEiT3Trainer,
     DataArguments,
+    augment_training_data,
     load_processor,
     load_task_dataset,
     parse_arguments,
@@ -34,6 +36,7 @@ from trainer_utils import (  # noqa: E402
 
 @dataclass
 class VisualReasoningArguments(DataArguments):
+    augments_images: ClassVar[bool] = True  # --augment, through trainer_utils.augment_training_data
     left_image_column: str = field(default="left_image")
     right_image_column: str = field(default="right_image")
     text_column: str = field(default="text")
@@ -57,6 +60,8 @@ def main(args=None, callbacks=None) -> dict:
         pair_columns=(data_args.left_image_column, data_args.right_image_column),
         max_length=text_length(data_args, model),
     )
+    augment_training_data(train_dataset, data_args, processor,
+                          [data_args.left_image_column, data_args.right_image_column], [data_args.text_column])
     trainer = BEiT3Trainer(
         model=model,
         args=training_args,

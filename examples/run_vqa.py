@@ -15,6 +15,7 @@ and the metric is the VQA score, also per `question_type` when the data has that
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_utils import (  # noqa: E402
     BEiT3Trainer,
     DataArguments,
+    augment_training_data,
     load_processor,
     load_task_dataset,
     parse_arguments,
@@ -40,6 +42,7 @@ from trainer_utils import (  # noqa: E402
 
 @dataclass
 class VQAArguments(DataArguments):
+    augments_images: ClassVar[bool] = True  # --augment, through trainer_utils.augment_training_data
     question_column: str = field(default="question")
     answers_column: str = field(default="answers", metadata={"help": "Annotator answers (a list) or one answer."})
     answer_column: str = field(default="answer", metadata={"help": "Majority answer, for the vocabulary (optional)."})
@@ -92,6 +95,9 @@ def main(args=None, callbacks=None) -> dict:
                            label_column=data_args.answers_column, max_length=text_length(data_args, model),
                            label2id=label2id)
 
+    # the answers too: "which side is the ball on?" - "left"
+    augment_training_data(train_dataset, data_args, processor, [data_args.image_column],
+                          [data_args.question_column, data_args.answers_column, data_args.answer_column])
     question_types = (eval_dataset[data_args.question_type_column]
                       if data_args.question_type_column in eval_dataset.column_names else None)
 

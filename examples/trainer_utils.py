@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import datasets
 import torch
@@ -21,6 +22,7 @@ from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.utils import logging
 
 from beit3_hf import BEiT3Config, BEiT3ImageProcessor, BEiT3PreTrainedModel, BEiT3Processor, load_beit3_tokenizer
+from beit3_hf.augmentation import AUGMENTATIONS, FLIP_MODES, build_train_transform
 from beit3_hf.optimization import layer_decay_parameter_groups
 from beit3_hf.peft_utils import LORA_TARGETS, apply_lora, build_config, load_model, parse_config_overrides
 from beit3_hf.processor_presets import TASK_PRESETS
@@ -33,51 +35,63 @@ RECIPES = {
     # VQAv2: 10 epochs, 1 of warmup, 8 GPUs x 16; randaug; 480 px
     "vqav2_base": dict(task="vqa", source=_SOURCE.format("vqav2"), learning_rate=3e-5, num_train_epochs=10,
                        warmup_steps=0.1, weight_decay=0.01, drop_path_rate=0.1, layer_decay=1.0,
-                       task_head_lr_weight=20.0, adam_beta2=0.98, per_device_train_batch_size=16,
+                       task_head_lr_weight=20.0, adam_beta2=0.98, augment="randaug", per_device_train_batch_size=16,
                        total_batch_size=128, image_size=480),
     "vqav2_large": dict(task="vqa", source=_SOURCE.format("vqav2"), learning_rate=2e-5, num_train_epochs=10,
                         warmup_steps=0.1, weight_decay=0.01, drop_path_rate=0.15, layer_decay=1.0,
-                        task_head_lr_weight=20.0, adam_beta2=0.98, per_device_train_batch_size=16,
+                        task_head_lr_weight=20.0, adam_beta2=0.98, augment="randaug", per_device_train_batch_size=16,
                         total_batch_size=128, image_size=480),
     # NLVR2: 20 epochs, 5 of warmup, 8 GPUs x 32; 224 px
     "nlvr2_base": dict(task="visual_reasoning", source=_SOURCE.format("nlvr2"), learning_rate=7e-4,
                        num_train_epochs=20, warmup_steps=0.25, weight_decay=0.2, drop_path_rate=0.2, layer_decay=0.65,
-                       per_device_train_batch_size=32, total_batch_size=256, image_size=224),
+                       augment="crop", per_device_train_batch_size=32, total_batch_size=256, image_size=224),
     "nlvr2_large": dict(task="visual_reasoning", source=_SOURCE.format("nlvr2"), learning_rate=3e-4,
                         num_train_epochs=20, warmup_steps=0.25, weight_decay=0.2, drop_path_rate=0.2,
-                        layer_decay=0.85, per_device_train_batch_size=32, total_batch_size=256, image_size=224),
+                        layer_decay=0.85, augment="crop", per_device_train_batch_size=32, total_batch_size=256,
+                        image_size=224),
     # COCO retrieval: 15 epochs, 3 of warmup, 3072 in all (16 GPUs x 192 / 32 GPUs x 96); 384 px
     "retrieval_base": dict(task="retrieval", source=_SOURCE.format("retrieval"), learning_rate=2e-4,
                            num_train_epochs=15, warmup_steps=0.2, weight_decay=0.05, drop_path_rate=0.2,
-                           layer_decay=0.65, per_device_train_batch_size=192, total_batch_size=3072, image_size=384),
+                           layer_decay=0.65, augment="crop", per_device_train_batch_size=192, total_batch_size=3072,
+                           image_size=384),
     "retrieval_large": dict(task="retrieval", source=_SOURCE.format("retrieval"), learning_rate=5e-5,
                             num_train_epochs=15, warmup_steps=0.2, weight_decay=0.05, drop_path_rate=0.2,
-                            layer_decay=0.85, per_device_train_batch_size=96, total_batch_size=3072, image_size=384),
-    # ImageNet-1k: 50 epochs, 5 of warmup, 8 GPUs x 128; label smoothing 0.1 (mixup 0.8 / cutmix 1.0 not here); 224 px
+                            layer_decay=0.85, augment="crop", per_device_train_batch_size=96, total_batch_size=3072,
+                            image_size=384),
+    # ImageNet-1k: 50 epochs, 5 of warmup, 8 GPUs x 128; rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 /
+    # cutmix 1.0, label smoothing 0.1 (run_beit3_finetuning.py's defaults); 224 px
     "imagenet_base": dict(task="image_classification", source=_SOURCE.format("image_classification"),
                           learning_rate=7e-4, num_train_epochs=50, warmup_steps=0.1, weight_decay=0.05,
-                          drop_path_rate=0.15, layer_decay=0.65, label_smoothing_factor=0.1,
+                          drop_path_rate=0.15, layer_decay=0.65, label_smoothing_factor=0.1, augment="imagenet",
+                          reprob=0.25, mixup=0.8, cutmix=1.0,
                           per_device_train_batch_size=128, total_batch_size=1024, image_size=224),
     "imagenet_large": dict(task="image_classification", source=_SOURCE.format("image_classification"),
                            learning_rate=2e-4, num_train_epochs=50, warmup_steps=0.1, weight_decay=0.05,
-                           drop_path_rate=0.25, layer_decay=0.8, label_smoothing_factor=0.1,
+                           drop_path_rate=0.25, layer_decay=0.8, label_smoothing_factor=0.1, augment="imagenet",
+                           reprob=0.25, mixup=0.8, cutmix=1.0,
                            per_device_train_batch_size=128, total_batch_size=1024, image_size=224),
-    # COCO captioning: 10 epochs, 1 of warmup, 8 GPUs x 32, mask prob 0.7, 32 tokens; randaug; 480 px
+    # COCO captioning: 10 epochs, 1 of warmup, 8 GPUs x 32, mask prob 0.7, 32 tokens; randaug; label smoothing 0.1
+    # (run_beit3_finetuning.py's default); 480 px
     "captioning_base": dict(task="captioning", source=_SOURCE.format("captioning"), learning_rate=4e-5,
                             num_train_epochs=10, warmup_steps=0.1, weight_decay=0.05, drop_path_rate=0.1,
-                            layer_decay=1.0, mask_prob=0.7, max_text_length=32, per_device_train_batch_size=32,
-                            total_batch_size=256, image_size=480),
+                            layer_decay=1.0, mask_prob=0.7, max_text_length=32, augment="randaug",
+                            label_smoothing=0.1, per_device_train_batch_size=32, total_batch_size=256,
+                            image_size=480),
     "captioning_large": dict(task="captioning", source=_SOURCE.format("captioning"), learning_rate=8e-6,
                              num_train_epochs=10, warmup_steps=0.1, weight_decay=0.05, drop_path_rate=0.1,
-                             layer_decay=1.0, mask_prob=0.7, max_text_length=32, per_device_train_batch_size=32,
-                             total_batch_size=256, image_size=480),
+                             layer_decay=1.0, mask_prob=0.7, max_text_length=32, augment="randaug",
+                             label_smoothing=0.1, per_device_train_batch_size=32, total_batch_size=256,
+                             image_size=480),
 }
 """The official fine-tuning recipes (`--recipe NAME`), from the unilm BEiT-3 `get_started` guides: their values
 become the defaults of the script's arguments, so that flags given on the command line still win. Every recipe also
 uses unilm's schedule (cosine to a 1e-6 floor, `_COSINE`) and AdamW with betas (0.9, 0.999) unless it says otherwise.
 `warmup_steps` is a fraction of training (unilm's warmup epochs / epochs). `per_device_train_batch_size` is unilm's
 per-GPU batch; `total_batch_size` (unilm's GPUs x per-GPU batch) and `image_size` (set by the checkpoint) are only
-reported. Not reproduced: randaug / mixup / cutmix, captioning's label smoothing 0.1 and drop-worst loss."""
+reported. `augment` is the training augmentation (`--augment`, `beit3_hf.augmentation`: "crop" = unilm's random resized
+crop + flip, "randaug" = with its RandAugment, "imagenet" = timm's); the ImageNet recipes add random erasing and
+mixup / cutmix (`--reprob`, `--mixup`, `--cutmix`), the captioning ones unilm's label smoothing (`--label_smoothing`).
+Not reproduced: captioning's drop-worst loss (the 20% largest token losses dropped after 12k steps)."""
 
 _RECIPE_INFO = ("task", "source", "total_batch_size", "image_size")
 
@@ -164,6 +178,30 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
     image_column: str = field(default="image")
     max_text_length: int = field(default=64, metadata={"help": "Longest text in tokens, <s> and </s> included."})
+    augment: str = field(
+        default="none",
+        metadata={"help": "Training-image augmentation (beit3_hf.augmentation; evaluation is never augmented): none, "
+                          "crop (unilm: random resized crop 0.5-1 + flip), randaug (crop + unilm's RandAugment) or "
+                          "imagenet (timm: crop 0.08-1 + flip + rand-m9-mstd0.5-inc1).",
+                  "choices": list(AUGMENTATIONS)},
+    )
+    augment_flip: str = field(
+        default="auto",
+        metadata={"help": "Horizontal flips of --augment: auto (not for examples whose texts say left or right), "
+                          "always (unilm) or never.", "choices": list(FLIP_MODES)},
+    )
+
+    # whether the script applies --augment (`augment_training_data`); the others refuse anything but "none"
+    augments_images: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if self.augment != "none" and not self.augments_images:
+            raise ValueError(f"--augment {self.augment!r}: this script does not augment its training images (the "
+                             "classification, VQA, NLVR2, retrieval and captioning scripts do).")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"--augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
+        if self.augment_flip not in FLIP_MODES:
+            raise ValueError(f"--augment_flip must be one of {FLIP_MODES}, got {self.augment_flip!r}.")
 
 
 SCRIPT_DEFAULTS = dict(
@@ -355,12 +393,32 @@ class BEiT3Trainer(Trainer):
     groups (`beit3_hf.optimization.layer_decay_parameter_groups`): layer-wise learning-rate decay (`layer_decay`),
     a learning-rate multiplier on the task head (`task_head_lr_weight`), and unilm's weight-decay exemptions.
     Subclass it instead of `Trainer` to keep them.
+
+    While training (never in evaluation), `train_batch_transform(inputs)` changes each batch (mixup / cutmix:
+    `beit3_hf.augmentation.ClassificationBatchAugment`) and `train_loss(outputs, labels)` replaces the model's loss
+    (the model is then called without `labels`): soft-target cross-entropy, unilm's smoothed captioning loss.
     """
 
-    def __init__(self, *args, layer_decay: float = 1.0, task_head_lr_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, layer_decay: float = 1.0, task_head_lr_weight: float = 1.0,
+                 train_batch_transform=None, train_loss=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.layer_decay = layer_decay
         self.task_head_lr_weight = task_head_lr_weight
+        self.train_batch_transform = train_batch_transform
+        self.train_loss = train_loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training or (self.train_batch_transform is None and self.train_loss is None):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.train_batch_transform is not None:
+            inputs = self.train_batch_transform(dict(inputs))
+        if self.train_loss is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = self.train_loss(outputs, labels)  # a mean over the batch: the Trainer divides it for accumulation
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
@@ -378,6 +436,42 @@ class BEiT3Trainer(Trainer):
                 )
                 self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return super().create_optimizer(model)
+
+
+def augment_training_data(train_dataset, data_args: DataArguments, processor, image_columns, text_columns=()):
+    """
+    `--augment`: sets the training transform of `beit3_hf.augmentation.build_train_transform` on `train_dataset`
+    (`set_transform`, on the fly; the evaluation split keeps the processor's transform alone). Images come out at the
+    processor's input size, which the processor then only normalises. `text_columns` decide `--augment_flip auto`.
+    Returns the transform, or `None` with `--augment none`.
+    """
+    image_processor = getattr(processor, "image_processor", processor)
+    size = image_processor.crop_size if image_processor.do_center_crop else image_processor.size
+    transform = build_train_transform(data_args.augment, size.height, flip=data_args.augment_flip)
+    if transform is None:
+        return None
+    text_columns = [column for column in text_columns if column in train_dataset.column_names]
+    train_dataset.set_transform(transform.dataset_transform(image_columns, text_columns))
+    flips = {"always": "always", "never": "never"}.get(
+        data_args.augment_flip, f"unless {', '.join(text_columns)} say left or right" if text_columns else "always")
+    logger.info(f"Training images augmented with {data_args.augment!r} at {size.height} px (flips: {flips}).")
+    return transform
+
+
+def evaluation_progress(trainer, iterable, total: int | None = None, desc: str = ""):
+    """`iterable` behind a progress bar (tqdm) on the local main process, unless `--disable_tqdm`: for evaluations
+    the Trainer's own bars do not cover (caption generation)."""
+    from tqdm.auto import tqdm
+
+    disable = bool(trainer.args.disable_tqdm) or not trainer.is_local_process_zero()
+    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True)
+
+
+def report_evaluation(trainer, line: str) -> None:
+    """The one-line summary of a long evaluation (what was evaluated, how long it took, the headline metrics), on
+    stdout of the main process, where the Trainer prints its logs."""
+    if trainer.is_world_process_zero():
+        print(line, flush=True)
 
 
 def text_length(data_args: DataArguments, model) -> int:

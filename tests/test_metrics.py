@@ -1,15 +1,22 @@
-"""Hand-computed cases for the offline metrics in `beit3_hf.metrics`."""
+"""Hand-computed cases for the metrics in `beit3_hf.metrics` (evaluate modules shipped in the package, pycocoevalcap's
+scorers for BLEU-4 and CIDEr), and their equality with the numpy implementations they replaced
+(tests/metrics_reference.py) on the same random inputs."""
 
 import math
+import os
 
 import numpy as np
 import pytest
 
+import metrics_reference as reference
 from beit3_hf.metrics import (
+    METRICS,
     accuracy,
     bleu4,
     caption_tokens,
     cider,
+    load_metric,
+    metric_path,
     retrieval_recall,
     retrieval_recall_from_scores,
     vqa_score,
@@ -175,3 +182,65 @@ def test_cider_averages_over_references():
     # df: red, circle, "red circle", green, triangle, "green triangle" 1 each (one document); blue... 1 each.
     # Image 1: similarity 1 with its first reference (unigrams and bigrams) and 0 with the second -> sum / 2.
     assert cider(predictions, references) == pytest.approx((10 * (1 + 1) / 4 / 2 + 5.0) / 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The evaluate modules equal the numpy implementations they replaced
+
+WORDS = ["a", "red", "blue", "circle", "square", "at", "the", "top", "left", "right", "small", "big", "two", "and"]
+
+
+def random_captions(rng, count, punctuate=True):
+    captions = []
+    for _ in range(count):
+        words = list(rng.choice(WORDS, size=rng.integers(0 if punctuate else 1, 12)))
+        if punctuate and words and rng.random() < 0.5:
+            words[0] = words[0].upper() + ","
+            words[-1] += "."
+        captions.append(" ".join(words))
+    return captions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_modules_equal_the_numpy_reference(seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(37, 6))
+    labels = rng.integers(0, 6, 37)
+    assert accuracy(logits, labels) == reference.accuracy(logits, labels)
+    soft = rng.choice([0.0, 0.3, 0.6, 0.9, 1.0], size=(37, 6))
+    assert vqa_score(logits, soft) == reference.vqa_score(logits, soft)
+    images, texts = rng.normal(size=(9, 5)), rng.normal(size=(20, 5))
+    owners = rng.integers(0, 9, 20)
+    assert retrieval_recall(images, texts, owners, ks=(1, 3, 5, 30)) == reference.retrieval_recall(
+        images, texts, owners, ks=(1, 3, 5, 30))
+    ties = rng.integers(0, 3, size=(9, 20)).astype(float)  # many ties: the lower index ranks first in both
+    assert retrieval_recall_from_scores(ties, owners) == reference.retrieval_recall_from_scores(ties, owners)
+    predictions = random_captions(rng, 25)
+    references = [random_captions(rng, int(rng.integers(1, 6)), punctuate=True) for _ in range(25)]
+    references = [[caption or "a" for caption in refs] for refs in references]
+    assert bleu4(predictions, references) == pytest.approx(reference.bleu4(predictions, references), rel=1e-12)
+    assert cider(predictions, references) == pytest.approx(reference.cider(predictions, references), rel=1e-12)
+    assert cider(predictions, references, sigma=2.0) == pytest.approx(
+        reference.cider(predictions, references, sigma=2.0), rel=1e-12)
+    single = [refs[0] for refs in references]  # one reference per image, as a string
+    assert bleu4(predictions, single) == pytest.approx(reference.bleu4(predictions, single), rel=1e-12)
+
+
+def test_modules_load_offline_by_path_and_accumulate(monkeypatch):
+    evaluate = pytest.importorskip("evaluate")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    for name in METRICS:
+        assert os.path.isfile(os.path.join(metric_path(name), f"{name}.py"))
+    module = evaluate.load(metric_path("accuracy"), keep_in_memory=True)
+    module.add_batch(predictions=[0, 1], references=[0, 0])
+    module.add_batch(predictions=[2], references=[2])
+    assert module.compute()["accuracy"] == pytest.approx(2 / 3)
+    # the cached module is reused across calls
+    assert load_metric("vqa_score") is load_metric("vqa_score")
+    assert vqa_score([0], [[1.0, 0.0]]) == 1.0 and vqa_score([1], [[1.0, 0.0]]) == 0.0
+    scores = load_metric("bleu4").compute(predictions=["a red circle at the top"],
+                                          references=[["a red circle at the top left"]])
+    assert set(scores) == {"bleu1", "bleu2", "bleu3", "bleu4"} and 0 < scores["bleu4"] < scores["bleu1"] < 1
+    with pytest.raises(ValueError, match="'meteor'"):
+        metric_path("meteor")

@@ -202,8 +202,8 @@ def test_vqa_script_recipe_layer_decay_and_explicit_flags(shapes_dir, tmp_path, 
 def test_drop_path_flag_and_recipe_parsing(tmp_path):
     data = ["--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")]
     model_args, _, training_args = trainer_utils.parse_arguments(
-        trainer_utils.DataArguments, data + ["--recipe", "nlvr2_large", "--drop_path_rate", "0.3"],
-        task="visual_reasoning",
+        load_script("run_visual_reasoning").VisualReasoningArguments,
+        data + ["--recipe", "nlvr2_large", "--drop_path_rate", "0.3"], task="visual_reasoning",
     )
     assert model_args.drop_path_rate == 0.3 and model_args.layer_decay == 0.85
     assert (training_args.learning_rate, training_args.weight_decay, training_args.warmup_steps) == (3e-4, 0.2, 0.25)
@@ -216,8 +216,10 @@ def test_drop_path_flag_and_recipe_parsing(tmp_path):
     config = tmp_path / "args.json"
     config.write_text(json.dumps({"dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out"),
                                   "recipe": "imagenet_base", "learning_rate": 1e-3}))
-    model_args, _, training_args = trainer_utils.parse_arguments(trainer_utils.DataArguments, [str(config)],
-                                                                 task="image_classification")
+    classification_arguments = load_script("run_image_classification").ImageClassificationArguments
+    model_args, data_args, training_args = trainer_utils.parse_arguments(classification_arguments, [str(config)],
+                                                                         task="image_classification")
+    assert (data_args.augment, data_args.mixup, data_args.cutmix, data_args.reprob) == ("imagenet", 0.8, 1.0, 0.25)
     assert training_args.learning_rate == 1e-3 and training_args.label_smoothing_factor == 0.1
     assert model_args.layer_decay == 0.65 and training_args.remove_unused_columns is False
 

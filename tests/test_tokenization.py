@@ -128,9 +128,11 @@ def test_known_ids_literal(toy):
 
 def test_saved_folder(toy):
     _, out, _, _ = toy
-    assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer_config.json"]
+    # tokenization_beit3.py: the remote code (beit3_hf.remote_code) AutoTokenizer's auto_map names
+    assert sorted(os.listdir(out)) == ["tokenization_beit3.py", "tokenizer.json", "tokenizer_config.json"]
     config = json.loads((out / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "BEiT3Tokenizer"
+    assert config["auto_map"] == {"AutoTokenizer": ["tokenization_beit3.BEiT3Tokenizer", None]}
     assert config["model_max_length"] == 64
 
 

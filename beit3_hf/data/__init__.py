@@ -1,7 +1,8 @@
 """Offline datasets for fine-tuning and testing BEiT-3: the synthetic shapes world and Fashion-MNIST.
 
-The names below are imported lazily from `beit3_hf.data.shapes` and `beit3_hf.data.fashion_mnist`, so that
-`python -m beit3_hf.data.shapes` runs its module only once.
+The names below are imported lazily from `beit3_hf.data.shapes`, `beit3_hf.data.shapes_dense` (segmentation and
+detection splits) and `beit3_hf.data.fashion_mnist`, so that `python -m beit3_hf.data.shapes` runs its module only
+once.
 """
 
 import importlib
@@ -15,6 +16,13 @@ _EXPORTS = {
         "load_fashion_mnist",
         "read_fashion_mnist_split",
         "read_idx",
+    ),
+    "shapes_dense": (
+        "DENSE_TASKS",
+        "DETECTION_CATEGORIES",
+        "SEGMENTATION_LABELS",
+        "generate_dense_shapes_dataset",
+        "load_dense_shapes",
     ),
     "shapes": (
         "COLORS",

@@ -1,17 +1,7 @@
 """
-Offline evaluation metrics for the BEiT-3 tasks, as plain numpy functions.
-
-`evaluate.load("<hub name>")` needs the Hub, so nothing here uses it. Each function follows the reference
-implementation the BEiT-3 results are reported with:
-
-* [`accuracy`]: top-1 accuracy (image classification, NLVR2).
-* [`vqa_score`]: VQAv2 accuracy as in ViLT/unilm `VQAScore`: the soft target of the arg-max answer, averaged.
-* [`retrieval_recall`]: image-to-text (TR@k) and text-to-image (IR@k) recall, as in unilm's `RetrievalHandler`.
-* [`bleu4`] and [`cider`]: corpus BLEU-4 and CIDEr-D as computed by pycocoevalcap (`Bleu(4)`, `Cider()`), on text
-  tokenized by lower-casing, removing punctuation and splitting on whitespace (pycocoevalcap runs the Stanford PTB
-  tokenizer first, which needs Java).
-
-They all fit a `Trainer`'s `compute_metrics`, e.g. `lambda p: {"accuracy": accuracy(p.predictions, p.label_ids)}`.
+A frozen copy of the numpy metrics `beit3_hf.metrics` had before it moved to `evaluate` modules (pycocoevalcap's
+scorers for BLEU and CIDEr): the reference that tests/test_metrics.py checks the modules against, on the same inputs.
+Not used by the package.
 """
 
 from __future__ import annotations
