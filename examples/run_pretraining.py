@@ -304,3 +304,5 @@ def main(args=None, callbacks=None) -> dict:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # gloo's threads otherwise may abort the exit (SIGABRT)

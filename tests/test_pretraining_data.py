@@ -312,7 +312,6 @@ def test_paper_architecture_pretrains_through_the_same_path(shapes_dir, vqkd_dir
     assert model.config.multiway_attention is False and model.config.num_image_text_layers == 1
 
 
-@pytest.mark.kernel_sensitive
 def test_two_processes_match_one(shapes_dir, vqkd_dir, tmp_path):
     """2 processes (gloo) x 3 examples = 1 process x 6: same logged losses and gradient norms. Every eligible token
     and patch is masked (ratios 1), so both runs mask the same positions; the processes hold different numbers of
