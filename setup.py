@@ -2,8 +2,9 @@ from setuptools import find_packages, setup
 
 # Each extra holds what its commands import.
 EXTRAS = {
-    # real photos for the demo: python -m beit3_hf.demo
-    "demo": ["scikit-image"],
+    # python -m beit3_hf.demo: the scores (evaluate modules: pycocoevalcap's BLEU, torchmetrics' mIoU) and, for
+    # --model-dir, real photos (scikit-image)
+    "demo": ["scikit-image", "evaluate>=0.4", "datasets>=4", "pycocoevalcap", "torchmetrics>=1.3"],
     # the example scripts (datasets, LoRA, the Trainer) and their data: python -m beit3_hf.data.shapes trains the
     # shapes-world tokenizer with sentencepiece; the metrics are evaluate modules, BLEU / CIDEr pycocoevalcap's scorers
     "train": ["datasets>=4", "peft>=0.18", "accelerate>=1.3", "sentencepiece", "evaluate>=0.4", "pycocoevalcap"],
@@ -34,7 +35,8 @@ setup(
     license="MIT",
     packages=find_packages(include=["beit3_hf", "beit3_hf.*"]),
     # the evaluate modules of beit3_hf.metrics (loaded by path, so they must ship as files)
-    package_data={"beit3_hf": ["assets/shapes_tokenizer/*", "metrics/*/*.py"]},
+    # ... and the shipped models (beit3_hf.shipped): model directories, their scores, the Fashion-MNIST test sample
+    package_data={"beit3_hf": ["assets/shapes_tokenizer/*", "assets/models/*", "assets/models/*/*", "metrics/*/*.py"]},
     python_requires=">=3.10",
     # Floors. torch and huggingface-hub: transformers 5.24's own (it disables torch < 2.6; torch 2.6 itself is not
     # tested here, CI runs 2.13, see .ci/run). The others were tested together at the floor, with

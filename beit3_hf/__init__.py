@@ -6,6 +6,9 @@ of each task in `tasks.TASKS`, e.g. `AutoModelForPreTraining` for the masked-dat
 `visual-question-answering` task that transformers 5 no longer ships) work on converted checkpoints. The BEiT v2
 visual tokenizer (model type "beit3_visual_tokenizer") is registered with AutoConfig, AutoModel and
 AutoImageProcessor too.
+
+The small models trained by the package itself ship inside it: `shipped_model_path("shapes-vqa")` is a directory for
+any `from_pretrained`, `load_shipped_model("shapes-vqa")` gives `(model, processor)` (`SHIPPED_MODELS` lists them).
 """
 
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
@@ -41,6 +44,7 @@ from .parameter_groups import count_parameters_by_group
 from .pipelines import BEiT3VisualQuestionAnsweringPipeline, register_pipelines
 from .processing_beit3 import BEiT3Processor, register_processors
 from .remote_code import register_remote_code
+from .shipped import SHIPPED_MODELS, load_shipped_model, shipped_model_path
 from .tasks import TASKS
 from .tokenization_beit3 import BEiT3Tokenizer, convert_spm_to_tokenizer, load_beit3_tokenizer
 
@@ -75,8 +79,11 @@ __all__ = [
     "BEiT3VisualTokenizerConfig",
     "BEiT3VisualTokenizerOutput",
     "BlockMaskingGenerator",
+    "SHIPPED_MODELS",
     "convert_spm_to_tokenizer",
     "load_beit3_tokenizer",
+    "load_shipped_model",
     "mask_text_tokens",
+    "shipped_model_path",
     "count_parameters_by_group",
 ]

@@ -681,14 +681,19 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
     return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
-def captioning_smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
+def captioning_smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.1,
+                             drop_worst_ratio: float = 0.0) -> torch.Tensor:
     """
-    unilm's `BertCaptioningLoss` without drop-worst: at every labelled position (labels != -100), the KL divergence
-    from the smoothed target (`1 - eps` on the token, `eps / (V - 1)` on each other token) to `softmax(logits)`,
-    averaged over the labelled positions (0 when none is). `eps = 0` gives the plain cross-entropy.
+    unilm's `BertCaptioningLoss`: at every labelled position (labels != -100), the KL divergence from the smoothed
+    target (`1 - eps` on the token, `eps / (V - 1)` on each other token) to `softmax(logits)`, averaged over the
+    labelled positions (0 when none is). `eps = 0` gives the plain cross-entropy. With `drop_worst_ratio` r > 0 the
+    average keeps only the `int(n * (1 - r))` smallest of the n token losses of the batch (unilm: r = 0.2 once
+    training is past `drop_worst_after` steps, which the caller decides).
     """
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+    if not 0 <= drop_worst_ratio < 1:
+        raise ValueError(f"`drop_worst_ratio` must be in [0, 1), got {drop_worst_ratio!r}.")
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"`labels` {tuple(labels.shape)} must match the logits' {tuple(logits.shape[:-1])}.")
     selected = labels.ne(-100)
@@ -698,4 +703,7 @@ def captioning_smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, label_s
     num_classes = logits.shape[-1]
     smoothed = torch.full_like(logits, label_smoothing / (num_classes - 1))
     smoothed.scatter_(1, targets.view(-1, 1), 1.0 - label_smoothing)
-    return F.kl_div(F.log_softmax(logits, dim=-1), smoothed, reduction="none").sum(-1).mean()
+    loss = F.kl_div(F.log_softmax(logits, dim=-1), smoothed, reduction="none").sum(-1)
+    if drop_worst_ratio > 0:
+        loss = torch.topk(loss, k=max(1, int(loss.shape[0] * (1 - drop_worst_ratio))), largest=False).values
+    return loss.mean()

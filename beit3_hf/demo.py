@@ -1,35 +1,27 @@
-"""The main job: run every BEiT-3 head on real photos and print what it returns.
+"""The main job: the small BEiT-3 models shipped with the package answer held-out examples, and score them.
 
-    python -m beit3_hf.demo [--model-dir DIR] [--image-size 224]
+    python -m beit3_hf.demo [--num-examples 200] [--show 3] [--contact-sheet beit3_demo.png]
+    python -m beit3_hf.demo --model-dir converted/
 
-Without `--model-dir` it builds small random-weight models (the shipped default: no BEiT-3 weights can be fetched
-here) with the shipped shapes-world tokenizer, so the numbers show the interfaces and shapes, not trained
-predictions. Point `--model-dir` at directories written by `beit3-convert` (one per head, named by task) to run real
-checkpoints the same way.
+By default it loads the models of `beit3_hf/assets/models/` (trained by the package itself from random init with
+`examples/build_shipped_models.py`: masked data modeling, then each fine-tuning), draws held-out shapes scenes
+(their own random stream, never trained on) and Fashion-MNIST test images, prints for each head what it answered
+next to the truth and a score line (the figures of the model cards), and writes a PNG contact sheet. `--model-dir`
+runs converted released checkpoints (one sub-folder per task, as `beit3-convert` names them) on real photos
+(scikit-image) instead.
 """
 
 import argparse
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
+from transformers.utils import logging
 
-from . import BEiT3Config, BEiT3ImageProcessor, BEiT3Processor
+from . import BEiT3Processor
 from .masking import BlockMaskingGenerator, mask_text_tokens
+from .shipped import DEFAULT_NUM_EXAMPLES, SHIPPED_MODELS, contact_sheet, evaluate_shipped, load_shipped_model
 from .tasks import TASKS
-from .tokenization_beit3 import load_beit3_tokenizer
-
-#: Made-up labels, so the random-weight heads print names rather than ids.
-DEMO_LABELS = {
-    "image_classification": ["person", "cup", "cat", "rocket"],
-    "vqa": ["red", "blue", "cat", "cup", "yes", "no", "1", "2"],
-    "visual_reasoning": ["False", "True"],
-}
-
-
-def shipped_tokenizer():
-    return load_beit3_tokenizer(str(resources.files("beit3_hf") / "assets" / "shapes_tokenizer"))
 
 
 def photos():
@@ -41,20 +33,9 @@ def photos():
     return {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea()}
 
 
-def load_head(task: str, model_dir: Path | None, tokenizer, image_size: int):
-    spec = TASKS[task]
-    if model_dir is not None:
-        directory = model_dir / task
-        return spec.model_class.from_pretrained(directory).eval(), BEiT3Processor.from_pretrained(directory)
-    torch.manual_seed(0)
-    labels = DEMO_LABELS.get(task)
-    config = BEiT3Config(
-        hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, image_size=image_size,
-        patch_size=16, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
-        use_final_layer_norm=spec.final_layer_norm, id2label=dict(enumerate(labels)) if labels else None,
-    )
-    processor = BEiT3Processor(BEiT3ImageProcessor.from_preset(spec.processor_preset, size=image_size), tokenizer)
-    return spec.model_class(config).eval(), processor
+def load_head(task: str, model_dir: Path):
+    directory = model_dir / task
+    return TASKS[task].model_class.from_pretrained(directory).eval(), BEiT3Processor.from_pretrained(directory)
 
 
 def _backbone(model, processor, names, pictures, texts):
@@ -123,31 +104,61 @@ RUNNERS = {
 }
 
 
-def run(model_dir: Path | None = None, image_size: int = 224):
-    tokenizer = None if model_dir is not None else shipped_tokenizer()
+def run_converted(model_dir: Path):
+    """Every head of `model_dir` (one converted checkpoint per task sub-folder) on three real photos."""
     images = photos()
     names, pictures = list(images), list(images.values())
-    texts = ["a red circle at the top left", "a blue square", "how many objects are there ?"]
-    source = f"converted checkpoints in {model_dir}" if model_dir else "random weights (shipped default)"
-    print(f"BEiT-3 heads on scikit-image photos {names}, {source}\n")
-
+    texts = ["a cat on a couch", "a cup of coffee", "how many people are there ?"]
+    print(f"BEiT-3 heads on scikit-image photos {names}, converted checkpoints in {model_dir}\n")
     for task, spec in TASKS.items():
-        if task not in RUNNERS:
-            print(f"{spec.model_class.__name__:34s} (no demo for the {task} task yet)")
+        if task not in RUNNERS or not (model_dir / task).is_dir():
+            print(f"{spec.model_class.__name__:34s} (no {task}/ in {model_dir})")
             continue
-        model, processor = load_head(task, model_dir, tokenizer, image_size)
+        model, processor = load_head(task, model_dir)
         start = time.perf_counter()
         with torch.no_grad():
             result = RUNNERS[task](model, processor, names, pictures, texts)
         print(f"{type(model).__name__:34s} {time.perf_counter() - start:5.2f}s  {result}")
 
 
+def _mark(row: dict) -> str:
+    return "✓" if row["correct"] else f"✗ truth: {row['truth']}"
+
+
+def run_shipped(num_examples: int = DEFAULT_NUM_EXAMPLES, show: int = 3, sheet: Path | None = Path("beit3_demo.png")):
+    """The shipped models on held-out examples: `show` answers each, a score line each, and the contact sheet."""
+    start = time.perf_counter()
+    print(f"The BEiT-3 models shipped in beit3_hf/assets/models (toy models trained by this package) on "
+          f"{num_examples} held-out examples each\n")
+    results = []
+    for name, spec in SHIPPED_MODELS.items():
+        model, processor = load_shipped_model(name)
+        result = evaluate_shipped(name, model, processor, num_examples)
+        results.append(result)
+        print(f"{name} ({type(model).__name__})")
+        for row in result.rows[:show]:
+            prompt = f"{row['prompt']} -> " if row["prompt"] else ""
+            print(f"    {prompt}{row['answer']}   {_mark(row)}")
+        right = sum(row["correct"] for row in result.rows)
+        figures = ", ".join(f"{key} {value:.3f}" for key, value in result.scores.items())
+        print(f"  score: {figures} ({right}/{len(result.rows)} right)\n")
+    if sheet is not None:
+        print(f"contact sheet: {contact_sheet(results, sheet).resolve()}")
+    print(f"({time.perf_counter() - start:.1f} s)")
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, help="a folder with one converted checkpoint per task subfolder")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--model-dir", type=Path, help="converted checkpoints, one sub-folder per task")
+    parser.add_argument("--num-examples", type=int, default=DEFAULT_NUM_EXAMPLES, help="held-out examples per model")
+    parser.add_argument("--show", type=int, default=3, help="answers printed per model")
+    parser.add_argument("--contact-sheet", type=Path, default=Path("beit3_demo.png"), help="the PNG written")
     args = parser.parse_args(argv)
-    run(args.model_dir, args.image_size)
+    logging.disable_progress_bar()  # the per-model "Loading weights" bars would drown the answers
+    if args.model_dir is not None:
+        return run_converted(args.model_dir)
+    return run_shipped(args.num_examples, args.show, args.contact_sheet)
 
 
 if __name__ == "__main__":

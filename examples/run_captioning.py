@@ -58,6 +58,12 @@ class CaptioningArguments(DataArguments):
         metadata={"help": "unilm's captioning label smoothing of the training loss (eps on the V - 1 other tokens, "
                           "KL divergence); 0 = plain cross-entropy. unilm: 0.1."},
     )
+    drop_worst_ratio: float = field(
+        default=0.0,
+        metadata={"help": "unilm's drop-worst: after --drop_worst_after steps, the loss averages only the smallest "
+                          "(1 - ratio) of the batch's token losses; 0 = off. unilm: 0.2."},
+    )
+    drop_worst_after: int = field(default=0, metadata={"help": "Optimiser steps before drop-worst starts. unilm: 12000."})
     generation_max_length: int | None = field(
         default=None, metadata={"help": "Longest generated caption, <s> included (default: max_text_length)."}
     )
@@ -103,7 +109,9 @@ def main(args=None, callbacks=None) -> dict:
     augment_training_data(train_dataset, data_args, processor, [data_args.image_column], [data_args.text_column])
 
     def smoothed_loss(outputs, labels):
-        return captioning_smoothed_loss(outputs["logits"], labels, data_args.label_smoothing)
+        # unilm compares its step counter with drop_worst_after the same way (`global_step > drop_worst_after`)
+        dropping = data_args.drop_worst_ratio if trainer.state.global_step > data_args.drop_worst_after else 0.0
+        return captioning_smoothed_loss(outputs["logits"], labels, data_args.label_smoothing, dropping)
 
     def evaluate(trainer) -> dict:
         metrics = trainer.evaluate()
@@ -131,7 +139,7 @@ def main(args=None, callbacks=None) -> dict:
         callbacks=callbacks,
         layer_decay=model_args.layer_decay,
         task_head_lr_weight=model_args.task_head_lr_weight,
-        train_loss=smoothed_loss if data_args.label_smoothing > 0 else None,
+        train_loss=smoothed_loss if data_args.label_smoothing > 0 or data_args.drop_worst_ratio > 0 else None,
     )
     return train_and_evaluate(trainer, model_args, training_args, evaluate=evaluate)
 

@@ -20,8 +20,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import torch
 from transformers import SegformerImageProcessorPil, UperNetConfig, UperNetForSemanticSegmentation
+
+from beit3_hf.metrics import mean_iou
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dense_utils import (  # noqa: E402
@@ -72,18 +73,12 @@ def label_names(data_args: SegmentationArguments) -> list[str]:
 
 def mean_iou_metrics(names: list[str], ignore_index: int = 255):
     """`compute_metrics` for arg-max class maps: mIoU, per-class IoU (`iou_<name>`) and pixel accuracy
-    (torchmetrics)."""
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+    (`beit3_hf.metrics.mean_iou`, torchmetrics)."""
 
     def compute(prediction) -> dict:
-        predictions, labels = torch.as_tensor(prediction.predictions), torch.as_tensor(prediction.label_ids)
-        kwargs = dict(num_classes=len(names), ignore_index=ignore_index)
-        metrics = {
-            "mean_iou": MulticlassJaccardIndex(average="macro", **kwargs)(predictions, labels).item(),
-            "overall_accuracy": MulticlassAccuracy(average="micro", **kwargs)(predictions, labels).item(),
-        }
-        per_class = MulticlassJaccardIndex(average="none", **kwargs)(predictions, labels)
-        metrics.update({f"iou_{name.replace(' ', '_')}": value.item() for name, value in zip(names, per_class)})
+        scores = mean_iou(prediction.predictions, prediction.label_ids, len(names), ignore_index)
+        metrics = {"mean_iou": scores["mean_iou"], "overall_accuracy": scores["overall_accuracy"]}
+        metrics.update({f"iou_{name.replace(' ', '_')}": value for name, value in zip(names, scores["per_class_iou"])})
         return metrics
 
     return compute

@@ -75,13 +75,13 @@ RECIPES = {
     "captioning_base": dict(task="captioning", source=_SOURCE.format("captioning"), learning_rate=4e-5,
                             num_train_epochs=10, warmup_steps=0.1, weight_decay=0.05, drop_path_rate=0.1,
                             layer_decay=1.0, mask_prob=0.7, max_text_length=32, augment="randaug",
-                            label_smoothing=0.1, per_device_train_batch_size=32, total_batch_size=256,
-                            image_size=480),
+                            label_smoothing=0.1, drop_worst_ratio=0.2, drop_worst_after=12000,
+                            per_device_train_batch_size=32, total_batch_size=256, image_size=480),
     "captioning_large": dict(task="captioning", source=_SOURCE.format("captioning"), learning_rate=8e-6,
                              num_train_epochs=10, warmup_steps=0.1, weight_decay=0.05, drop_path_rate=0.1,
                              layer_decay=1.0, mask_prob=0.7, max_text_length=32, augment="randaug",
-                             label_smoothing=0.1, per_device_train_batch_size=32, total_batch_size=256,
-                             image_size=480),
+                             label_smoothing=0.1, drop_worst_ratio=0.2, drop_worst_after=12000,
+                             per_device_train_batch_size=32, total_batch_size=256, image_size=480),
 }
 """The official fine-tuning recipes (`--recipe NAME`), from the unilm BEiT-3 `get_started` guides: their values
 become the defaults of the script's arguments, so that flags given on the command line still win. Every recipe also
@@ -90,8 +90,9 @@ uses unilm's schedule (cosine to a 1e-6 floor, `_COSINE`) and AdamW with betas (
 per-GPU batch; `total_batch_size` (unilm's GPUs x per-GPU batch) and `image_size` (set by the checkpoint) are only
 reported. `augment` is the training augmentation (`--augment`, `beit3_hf.augmentation`: "crop" = unilm's random resized
 crop + flip, "randaug" = with its RandAugment, "imagenet" = timm's); the ImageNet recipes add random erasing and
-mixup / cutmix (`--reprob`, `--mixup`, `--cutmix`), the captioning ones unilm's label smoothing (`--label_smoothing`).
-Not reproduced: captioning's drop-worst loss (the 20% largest token losses dropped after 12k steps)."""
+mixup / cutmix (`--reprob`, `--mixup`, `--cutmix`), the captioning ones unilm's label smoothing (`--label_smoothing`)
+and drop-worst loss (`--drop_worst_ratio 0.2 --drop_worst_after 12000`: the 20% largest token losses of a batch
+left out after 12k steps)."""
 
 _RECIPE_INFO = ("task", "source", "total_batch_size", "image_size")
 

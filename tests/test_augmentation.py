@@ -272,3 +272,18 @@ def test_captioning_smoothed_loss_is_unilms():
     expected = (target * (target.log() - F.log_softmax(logits[selected], -1))).sum(-1).mean()
     torch.testing.assert_close(A.captioning_smoothed_loss(logits, labels, eps), expected)
     assert A.captioning_smoothed_loss(logits, torch.full((2, 5), -100), eps).item() == 0.0
+
+
+def test_captioning_drop_worst_keeps_the_smallest_token_losses_as_unilm():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(3, 8, 11), torch.randint(0, 11, (3, 8))
+    labels[0, :3] = -100  # 21 labelled tokens: unilm keeps int(21 * 0.8) = 16
+    eps, selected = 0.1, labels.ne(-100)
+    one_hot = F.one_hot(labels[selected], 11).float()
+    target = one_hot * (1 - eps) + (1 - one_hot) * eps / 10
+    per_token = (target * (target.log() - F.log_softmax(logits[selected], -1))).sum(-1)
+    expected = per_token.sort().values[:16].mean()
+    torch.testing.assert_close(A.captioning_smoothed_loss(logits, labels, eps, drop_worst_ratio=0.2), expected)
+    assert A.captioning_smoothed_loss(logits, labels, eps, 0.2) < A.captioning_smoothed_loss(logits, labels, eps)
+    with pytest.raises(ValueError, match="drop_worst_ratio"):
+        A.captioning_smoothed_loss(logits, labels, eps, drop_worst_ratio=1.0)

@@ -168,6 +168,22 @@ def test_script_trains_and_evaluates(task, shapes_dir, classification_dir, tmp_p
     assert (output_dir / processor_file).is_file()
 
 
+def test_captioning_drop_worst_starts_after_its_step(shapes_dir, tmp_path):
+    """--drop_worst_ratio applies from the first step whose global step exceeds --drop_worst_after (unilm's test)."""
+    script = load_script("run_captioning")
+    seen = []
+    real_loss = script.captioning_smoothed_loss
+
+    def recording(logits, labels, label_smoothing, drop_worst_ratio=0.0):
+        seen.append((label_smoothing, drop_worst_ratio))
+        return real_loss(logits, labels, label_smoothing, drop_worst_ratio)
+
+    script.captioning_smoothed_loss = recording
+    script.main(task_args("captioning", shapes_dir, None) + common_args(
+        tmp_path / "out", "--drop_worst_ratio", "0.5", "--drop_worst_after", "1", steps=3))
+    assert seen == [(0.0, 0.0), (0.0, 0.0), (0.0, 0.5)]
+
+
 def test_each_run_starts_the_next(shapes_dir, tmp_path):
     """captions -> VQA -> NLVR2 (docs/results.md): each script loads the previous output's backbone, new head."""
     text_data = ["--tokenizer_dir", str(shapes_dir / "tokenizer")]

@@ -113,7 +113,8 @@ def test_trainer_captioning_label_smoothing_in_training_only(tmp_path):
     ("vqav2_base", "vqa", {"augment": "randaug"}),
     ("nlvr2_large", "visual_reasoning", {"augment": "crop"}),
     ("retrieval_base", "retrieval", {"augment": "crop"}),
-    ("captioning_base", "captioning", {"augment": "randaug", "label_smoothing": 0.1, "mask_prob": 0.7}),
+    ("captioning_base", "captioning", {"augment": "randaug", "label_smoothing": 0.1, "mask_prob": 0.7,
+                                       "drop_worst_ratio": 0.2, "drop_worst_after": 12000}),
     ("imagenet_large", "image_classification", {"augment": "imagenet", "mixup": 0.8, "cutmix": 1.0, "reprob": 0.25}),
 ])
 def test_recipes_set_the_augmentation(recipe, task, expected, tmp_path):

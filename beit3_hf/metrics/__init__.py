@@ -39,6 +39,7 @@ __all__ = [
     "caption_tokens",
     "cider",
     "load_metric",
+    "mean_iou",
     "metric_path",
     "retrieval_recall",
     "retrieval_recall_from_scores",
@@ -229,3 +230,28 @@ def cider(predictions: Sequence[str], references: Sequence[str | Sequence[str]],
     """
     references = _normalize_references(predictions, references)
     return load_metric("cider").compute(predictions=list(predictions), references=references, sigma=sigma)["cider"]
+
+
+def mean_iou(predictions, references, num_classes: int, ignore_index: int | None = 255) -> dict[str, float | list]:
+    """
+    Semantic-segmentation scores of class maps by torchmetrics: `mean_iou` (macro Jaccard index over the classes
+    present in predictions or references), `overall_accuracy` (pixel accuracy) and `per_class_iou` (a list).
+    `predictions` and `references` are integer maps of the same shape (N, H, W); pixels labelled `ignore_index`
+    count for nothing.
+    """
+    import torch
+
+    try:
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+    except ImportError as error:
+        raise ImportError("mean_iou uses torchmetrics: pip install torchmetrics") from error
+    predictions, references = torch.as_tensor(predictions), torch.as_tensor(references)
+    if predictions.shape != references.shape:
+        raise ValueError(f"`predictions` {tuple(predictions.shape)} and `references` {tuple(references.shape)} "
+                         "must have the same shape.")
+    kwargs = dict(num_classes=num_classes, ignore_index=ignore_index)
+    return {
+        "mean_iou": MulticlassJaccardIndex(average="macro", **kwargs)(predictions, references).item(),
+        "overall_accuracy": MulticlassAccuracy(average="micro", **kwargs)(predictions, references).item(),
+        "per_class_iou": MulticlassJaccardIndex(average="none", **kwargs)(predictions, references).tolist(),
+    }
