@@ -17,13 +17,18 @@ EXTRAS = {
     # beit3-export-onnx: torch's exporter (onnxscript) and the onnxruntime check of every graph (tested with onnx
     # 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0; no floor tested)
     "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    # examples/ds_zero{2,3}.json with the example scripts' --deepspeed (tested with deepspeed 0.19.8 on CPU, 2 gloo
+    # processes; no floor tested)
+    "deepspeed": ["deepspeed"],
     # the detection / segmentation examples' metrics: COCO mAP (pycocotools' COCOeval), mean IoU (torchmetrics)
     "dense": ["pycocotools>=2.0.7", "torchmetrics>=1.3"],
 }
 # the test suite: everything above but torchvision (its tests skip without it), plus protobuf for the tokenizer
 # tests (the official torchscale/unilm code is installed by .ci/run with --no-deps)
 EXTRAS["dev"] = sorted(
-    {"pytest", "hypothesis", "protobuf"}.union(*(EXTRAS[name] for name in ("demo", "train", "quant", "spm", "dense", "onnx")))
+    {"pytest", "hypothesis", "protobuf"}.union(
+        *(EXTRAS[name] for name in ("demo", "train", "quant", "spm", "dense", "onnx", "deepspeed"))
+    )
 )
 
 setup(

@@ -25,6 +25,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.integrations import deepspeed_config
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -1559,8 +1560,11 @@ class BEiT3ForMaskedDataModeling(BEiT3PreTrainedModel):
 
 def _predict(head: nn.Linear, hidden_states: torch.Tensor, num_classes: int) -> torch.Tensor:
     """`head` on the selected rows `(num_selected, hidden_size)`. On no rows it is not called (4-bit layers crash on
-    empty input); the empty logits still hang off the backbone, so a batch with nothing masked backpropagates."""
-    if hidden_states.shape[0] == 0:
+    empty input); the empty logits still hang off the backbone, so a batch with nothing masked backpropagates.
+    Under DeepSpeed it is called all the same: every process must call the same modules (ZeRO-3 gathers the head's
+    weights from all processes at the call, ZeRO-1/2 reduce gradients in the order the backward pass makes them),
+    and DeepSpeed does not train quantized heads."""
+    if hidden_states.shape[0] == 0 and deepspeed_config() is None:
         return hidden_states.sum() + hidden_states.new_zeros(0, num_classes)
     return head(hidden_states)
 

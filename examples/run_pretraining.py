@@ -47,6 +47,7 @@ from trainer_utils import (  # noqa: E402
     prepare_model,
     setup_logging,
     train_and_evaluate,
+    whole_under_zero3,
 )
 
 logger = logging.get_logger(__name__)
@@ -153,6 +154,26 @@ def build_dataset(data_args: PretrainingArguments, split: str):
                                      proportions=data_args.shares(), seed=data_args.seed)
 
 
+# the keys of `masked_data_modeling_sums`: pooled, then per kind
+STATISTICS = [f"{prefix}{modality}_{statistic}" for prefix in ("", *(f"{kind}/" for kind in KINDS))
+              for modality in ("text", "image") for statistic in ("loss_sum", "count", "correct")]
+
+
+def placeholder(kind: str, config) -> dict:
+    """A sub-batch of `kind` with one example and nothing masked: its losses and counts are 0."""
+    inputs = {}
+    if kind != "text":
+        size = config.image_size
+        inputs["pixel_values"] = torch.zeros(1, config.num_channels, size, size)
+        inputs["bool_masked_pos"] = torch.zeros(1, (size // config.patch_size) ** 2, dtype=torch.bool)
+        inputs["image_labels"] = torch.zeros(1, (size // config.patch_size) ** 2, dtype=torch.long)
+    if kind != "image":
+        inputs["input_ids"] = torch.full((1, 1), config.bos_token_id, dtype=torch.long)
+        inputs["attention_mask"] = torch.ones(1, 1, dtype=torch.long)
+        inputs["text_labels"] = torch.full((1, 1), -100, dtype=torch.long)
+    return inputs
+
+
 class MaskedDataModelingTrainer(BEiT3Trainer):
     """
     The Trainer of masked data modeling. Each batch is the collator's sub-batches (image, text, image-text); the
@@ -181,8 +202,26 @@ class MaskedDataModelingTrainer(BEiT3Trainer):
         return (config.text_loss_weight * sums["text_loss_sum"] / counts[0].clamp(min=1)
                 + config.image_loss_weight * sums["image_loss_sum"] / counts[1].clamp(min=1))
 
+    def _sums(self, model, inputs) -> dict:
+        """
+        `masked_data_modeling_sums` of one batch. Under FSDP and DeepSpeed all processes must call the same
+        modules in the same order: FSDP and ZeRO-3 gather weights from every process at each call, and ZeRO-1/2
+        reduce gradients in buckets filled in the order the backward pass produces them. But a process runs one
+        forward per kind its batch holds. So a kind that another process holds and this one lacks is run on a
+        placeholder: one example with nothing masked, which counts for nothing but is in the graph (and the heads
+        are called on no rows, see `_predict` in modeling_beit3.py).
+        """
+        if self.args.world_size == 1 or not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            return masked_data_modeling_sums(model, inputs)
+        held = torch.tensor([kind in inputs for kind in KINDS], dtype=torch.int32, device=self.args.device)
+        torch.distributed.all_reduce(held, op=torch.distributed.ReduceOp.MAX)
+        config = self.accelerator.unwrap_model(model).config
+        aligned = {kind: inputs[kind] if kind in inputs else self._prepare_inputs(placeholder(kind, config))
+                   for kind, anywhere in zip(KINDS, held.tolist()) if anywhere}
+        return masked_data_modeling_sums(model, aligned)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        sums = masked_data_modeling_sums(model, inputs)
+        sums = self._sums(model, inputs)
         if num_items_in_batch is None:  # one batch on its own
             counts = torch.stack([sums["text_count"], sums["image_count"]])
             loss = self._loss(model, sums, counts)
@@ -193,6 +232,7 @@ class MaskedDataModelingTrainer(BEiT3Trainer):
         if self.accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
             # DDP with several forwards per step needs every weight in the graph (find_unused_parameters=False)
             # even when a kind is missing from the micro-batch: a zero term reaches the experts it did not use
+            # (FSDP and DeepSpeed: see `_sums`)
             loss = loss + 0.0 * sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad)
         if model.training:
             for key, value in sums.items():
@@ -201,8 +241,8 @@ class MaskedDataModelingTrainer(BEiT3Trainer):
 
     def _summaries(self, stats: dict, prefix: str = "") -> dict:
         """Losses and accuracies from summed statistics, summed over the processes first."""
-        keys = sorted(stats)
-        values = torch.stack([torch.as_tensor(stats[key], dtype=torch.float32, device=self.args.device)
+        keys = STATISTICS  # the same on every process, whichever kinds its batches held
+        values = torch.stack([torch.as_tensor(stats.get(key, 0), dtype=torch.float32, device=self.args.device)
                               for key in keys])
         if self.args.world_size > 1:
             values = self.accelerator.reduce(values, reduction="sum")
@@ -226,6 +266,28 @@ class MaskedDataModelingTrainer(BEiT3Trainer):
             self._stats = {}
         super().log(logs, *args, **kwargs)
 
+    def _in_step(self, dataloader):
+        """
+        `(batch, counted)` pairs, as many on every process. Each process reads its own share of the stream, so the
+        shares can end at different batches; under FSDP and DeepSpeed every process must run as many forwards (see
+        `_sums`), so a process whose share has ended runs its last batch again (`counted` False) until all have.
+        """
+        if self.args.world_size == 1:
+            yield from ((inputs, True) for inputs in dataloader)
+            return
+        iterator, last = iter(dataloader), None
+        while True:
+            inputs = next(iterator, None)
+            last = last if inputs is None else inputs
+            flags = torch.tensor([inputs is not None, last is not None], dtype=torch.float32, device=self.args.device)
+            running, started = self.accelerator.reduce(flags, reduction="sum").tolist()
+            if running == 0:
+                return
+            if started < self.args.world_size:  # known to every process, so all of them stop here
+                raise ValueError(f"A process has no evaluation batch: --max_eval_samples must give each of the "
+                                 f"{self.args.world_size} processes at least one.")
+            yield last, inputs is not None
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         dataloader = self.get_eval_dataloader(eval_dataset)
         model = self.model_wrapped if self.model_wrapped is not None else self.model
@@ -233,10 +295,11 @@ class MaskedDataModelingTrainer(BEiT3Trainer):
         stats = {}
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(self.args.seed)
-            for inputs in dataloader:
-                sums = masked_data_modeling_sums(model, self._prepare_inputs(inputs))
-                for key, value in sums.items():
-                    stats[key] = stats.get(key, 0) + value.detach().float()
+            for inputs, counted in self._in_step(dataloader):
+                sums = self._sums(model, self._prepare_inputs(inputs))
+                if counted:
+                    for key, value in sums.items():
+                        stats[key] = stats.get(key, 0) + value.detach().float()
         if not stats:
             raise ValueError("The evaluation data is empty.")
         metrics = self._summaries(stats, prefix=f"{metric_key_prefix}_")
@@ -262,7 +325,8 @@ def main(args=None, callbacks=None) -> dict:
     visual_tokenizer = None
     config_kwargs = {}
     if data_args.visual_tokenizer is not None:
-        visual_tokenizer = AutoModel.from_pretrained(data_args.visual_tokenizer).eval()
+        with whole_under_zero3(training_args):
+            visual_tokenizer = AutoModel.from_pretrained(data_args.visual_tokenizer).eval()
         codebook_size = visual_tokenizer.config.codebook_size
         if model_args.model_name_or_path is None and "visual_vocab_size" not in (model_args.config_overrides or ""):
             config_kwargs["visual_vocab_size"] = codebook_size

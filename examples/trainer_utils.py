@@ -12,6 +12,7 @@ import logging as pylogging
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -257,7 +258,42 @@ def parse_arguments(
     if recipe is not None:
         setup_logging(parsed[2])
         log_recipe(recipe, recipe_values, parsed)
+    setup_deepspeed(parsed[2])
     return parsed
+
+
+def setup_deepspeed(training_args) -> None:
+    """
+    With `--deepspeed` on CPUs (`use_cpu`), hands DeepSpeed the gloo process group that `torchrun` and the
+    Trainer's arguments have set up. On GPUs accelerate does this itself; on CPUs it does not, and then ZeRO-3's
+    partitioned init (`deepspeed.zero.Init` inside `from_pretrained`) counts one process instead of the world.
+    """
+    if not (training_args.deepspeed and training_args.use_cpu and torch.distributed.is_initialized()):
+        return
+    import deepspeed
+
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
+@contextmanager
+def whole_under_zero3(training_args):
+    """
+    Loads a frozen helper model (a visual tokenizer run by the collator) whole: under DeepSpeed ZeRO-3 every
+    `from_pretrained` would otherwise partition its weights across the processes, which only the trained model's
+    DeepSpeed engine gathers.
+    """
+    config = getattr(training_args, "hf_deepspeed_config", None)
+    if config is None or not config.is_zero3():
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(config)
 
 
 def recipe_defaults(recipe: str | None, task: str | None, known: set[str]) -> dict:

@@ -312,19 +312,63 @@ def test_paper_architecture_pretrains_through_the_same_path(shapes_dir, vqkd_dir
     assert model.config.multiway_attention is False and model.config.num_image_text_layers == 1
 
 
-def test_two_processes_match_one(shapes_dir, vqkd_dir, tmp_path):
-    """2 processes (gloo) x 3 examples = 1 process x 6: same logged losses and gradient norms. Every eligible token
-    and patch is masked (ratios 1), so both runs mask the same positions; the processes hold different numbers of
-    masked tokens, which the step's counting over the processes has to get right."""
-    full = ["--text_mask_ratio", "1", "--image_text_mask_ratio", "1", "--image_mask_ratio", "1",
-            "--image_text_image_mask_ratio", "1", *SGD]
-    load_script("run_pretraining").main(pretraining_args(shapes_dir, vqkd_dir, tmp_path / "one", *full, steps=2))
+# Every eligible token and patch is masked (ratios 1), so runs over any number of processes mask the same positions;
+# the processes hold different numbers of masked tokens, which the step's counting over the processes has to get right.
+FULL_MASKS = ("--text_mask_ratio", "1", "--image_text_mask_ratio", "1", "--image_mask_ratio", "1",
+              "--image_text_image_mask_ratio", "1", *SGD)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(shapes_dir, vqkd_dir, tmp_path_factory):
+    """1 process, 2 steps, every position masked, by batch size: the references of the multi-process runs."""
+    runs = {}
+
+    def run(batch_size):
+        if batch_size not in runs:
+            runs[batch_size] = tmp_path_factory.mktemp(f"one_process_{batch_size}")
+            load_script("run_pretraining").main(pretraining_args(shapes_dir, vqkd_dir, runs[batch_size], *FULL_MASKS,
+                                                                 steps=2, batch_size=batch_size))
+        return runs[batch_size]
+
+    return run
+
+
+def launch_two_processes(shapes_dir, vqkd_dir, output_dir, *extra, batch_size):
+    """`torchrun --nproc_per_node 2 examples/run_pretraining.py`, `batch_size` examples per process, on gloo."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(ROOT / "examples" / "run_pretraining.py"),
-               *pretraining_args(shapes_dir, vqkd_dir, tmp_path / "two", *full, steps=2, batch_size=3)]
+               *pretraining_args(shapes_dir, vqkd_dir, output_dir, *FULL_MASKS, *extra, steps=2, batch_size=batch_size)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("batch_size", [3, 1])
+def test_two_processes_match_one(batch_size, one_process_run, shapes_dir, vqkd_dir, tmp_path):
+    """2 processes (gloo) x `batch_size` examples = 1 process x twice as many: same logged losses and gradient
+    norms. With one example each, the two processes hold different kinds at every step."""
+    launch_two_processes(shapes_dir, vqkd_dir, tmp_path, batch_size=batch_size)
     for key in ("loss", "grad_norm", "text_loss", "image_accuracy"):
-        np.testing.assert_allclose(logged(tmp_path / "two", key), logged(tmp_path / "one", key), rtol=1e-4)
+        np.testing.assert_allclose(logged(tmp_path, key), logged(one_process_run(2 * batch_size), key), rtol=1e-4)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_two_processes_match_one(stage, one_process_run, shapes_dir, vqkd_dir, tmp_path):
+    """
+    `--deepspeed examples/ds_zero{2,3}.json` over 2 processes (DeepSpeed's CPU accelerator on gloo) x 1 example =
+    1 process x 2 without DeepSpeed: same logged losses and gradient norms, and the same weights saved whole
+    (ZeRO-3 partitions them; its config gathers them on save). One example per process means that the two hold
+    different kinds at every step, and the evaluation's 17 examples give one process a second batch the other lacks:
+    under ZeRO-3, whose forwards gather weights from both processes, each would hang without placeholders.
+    """
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional (`pip install deepspeed`; .ci/run installs it)")
+    launch_two_processes(shapes_dir, vqkd_dir, tmp_path, "--deepspeed", str(ROOT / "examples" / f"ds_zero{stage}.json"),
+                         "--do_eval", "True", "--max_eval_samples", "17", batch_size=1)
+    reference = one_process_run(2)
+    for key in ("loss", "grad_norm", "text_loss", "image_accuracy"):
+        np.testing.assert_allclose(logged(tmp_path, key), logged(reference, key), rtol=1e-4)
+    assert_close_tensors(weights(tmp_path), weights(reference), scale_rtol=GRADIENT_RTOL)
+    metrics = json.loads((tmp_path / "eval_results.json").read_text())
+    assert all(np.isfinite(metrics[f"eval_{modality}_loss"]) for modality in ("text", "image"))
+    assert BEiT3ForMaskedDataModeling.from_pretrained(tmp_path).config.visual_vocab_size == CODES
