@@ -30,6 +30,7 @@ from trainer_utils import (  # noqa: E402
     load_task_dataset,
     parse_arguments,
     prepare_model,
+    run_as_script,
     setup_logging,
     train_and_evaluate,
 )
@@ -101,4 +102,4 @@ def main(args=None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -39,7 +39,13 @@ from dense_utils import (  # noqa: E402
     parse_dense_arguments,
     saved_model_type,
 )
-from trainer_utils import DataArguments, load_task_dataset, setup_logging, train_and_evaluate  # noqa: E402
+from trainer_utils import (  # noqa: E402
+    DataArguments,
+    load_task_dataset,
+    run_as_script,
+    setup_logging,
+    train_and_evaluate,
+)
 
 
 @dataclass
@@ -181,4 +187,4 @@ def main(args=None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

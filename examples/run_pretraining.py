@@ -45,6 +45,7 @@ from trainer_utils import (  # noqa: E402
     model_config,
     parse_arguments,
     prepare_model,
+    run_as_script,
     setup_logging,
     train_and_evaluate,
     whole_under_zero3,
@@ -367,6 +368,4 @@ def main(args=None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # gloo's threads otherwise may abort the exit (SIGABRT)
+    run_as_script(main)

@@ -34,6 +34,7 @@ from trainer_utils import (  # noqa: E402
     parse_arguments,
     prepare_model,
     report_evaluation,
+    run_as_script,
     setup_logging,
     text_length,
     train_and_evaluate,
@@ -103,4 +104,4 @@ def main(args=None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

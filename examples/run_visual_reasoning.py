@@ -28,6 +28,7 @@ from trainer_utils import (  # noqa: E402
     load_task_dataset,
     parse_arguments,
     prepare_model,
+    run_as_script,
     setup_logging,
     text_length,
     train_and_evaluate,
@@ -79,4 +80,4 @@ def main(args=None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

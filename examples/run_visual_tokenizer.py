@@ -38,6 +38,7 @@ from trainer_utils import (  # noqa: E402
     ModelArguments,
     load_task_dataset,
     parse_arguments,
+    run_as_script,
     setup_logging,
     train_and_evaluate,
 )
@@ -363,4 +364,4 @@ def main(args=None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

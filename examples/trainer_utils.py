@@ -262,6 +262,14 @@ def parse_arguments(
     return parsed
 
 
+def run_as_script(main) -> None:
+    """Runs a script's `main()`, then destroys the process group of a multi-process run: gloo's threads otherwise
+    may abort the interpreter's exit (SIGABRT) after the run has finished and saved."""
+    main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def setup_deepspeed(training_args) -> None:
     """
     With `--deepspeed` on CPUs (`use_cpu`), hands DeepSpeed the gloo process group that `torchrun` and the

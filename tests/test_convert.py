@@ -100,7 +100,9 @@ def test_cli_converts_a_pretrained_file_both_ways(tmp_path):
              *task_args],
             capture_output=True, text=True, check=True,
         )
-        assert result.stdout.startswith(expected), result.stdout
+        # DeepSpeed, where installed, logs a line when accelerate's `unwrap_model` (inside save_pretrained) imports it
+        summary = [line for line in result.stdout.splitlines() if "[real_accelerator.py" not in line]
+        assert summary and summary[0].startswith(expected), result.stdout
         config = json.loads((output_dir / "config.json").read_text())
         assert config["architectures"] == [expected]
         dropped = ("mlm_head.bias", "mlm_head.weight", "mim_head.bias", "mim_head.weight")
