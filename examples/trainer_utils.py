@@ -7,6 +7,7 @@ loading, collators, parameter groups) is `beit3_hf.peft_utils`, `beit3_hf.collat
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging as pylogging
 import os
@@ -263,11 +264,21 @@ def parse_arguments(
 
 
 def run_as_script(main) -> None:
-    """Runs a script's `main()`, then destroys the process group of a multi-process run: gloo's threads otherwise
-    may abort the interpreter's exit (SIGABRT) after the run has finished and saved."""
+    """
+    Runs a script's `main()`. In a multi-process run it then destroys the process group and, once the exit
+    handlers (logging's flush among them) have run, ends the process without the interpreter's teardown: with
+    torch 2.13 a DistributedDataParallel model keeps its gloo group's threads running past `destroy_process_group`
+    and its own deletion, and those threads can abort the teardown ("terminate called without an active
+    exception", SIGABRT) after the run has finished and saved. An exception in `main()` propagates as usual.
+    """
     main()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.destroy_process_group()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def setup_deepspeed(training_args) -> None:

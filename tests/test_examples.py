@@ -321,6 +321,44 @@ def test_two_processes_match_one(launcher, single_process_run, classification_di
     assert state["log_history"][0]["epoch"] == pytest.approx(4 / 16)  # 2 processes x 2 of the 16 images per step
 
 
+RUN_AS_SCRIPT = """
+import atexit, os, sys, torch
+from trainer_utils import run_as_script
+
+def main():
+    torch.distributed.init_process_group("gloo")
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))  # keeps gloo's threads running
+    model(torch.ones(2, 3)).sum().backward()
+    rank = os.environ["RANK"]
+    atexit.register(lambda: open(os.path.join(sys.argv[1], rank), "w").write("exit handlers ran"))
+    print(f"rank {rank} done", end="")  # unflushed
+    if sys.argv[2] == "raise":
+        raise RuntimeError(f"rank {rank} failed")
+
+run_as_script(main)
+"""
+
+
+@pytest.mark.parametrize("outcome", ["finish", "raise"])
+def test_run_as_script_ends_a_distributed_run(outcome, tmp_path):
+    """After `main()`, a 2-process script destroys its process group, runs the exit handlers, flushes and exits 0
+    without the interpreter's teardown; an exception still fails the run."""
+    script = tmp_path / "script.py"
+    script.write_text(RUN_AS_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "--tee", "3", str(script), str(tmp_path), outcome],
+                            env=env, capture_output=True, text=True, timeout=120)
+    if outcome == "raise":
+        assert result.returncode != 0 and "rank 0 failed" in result.stdout + result.stderr
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in "01":
+        assert (tmp_path / rank).read_text() == "exit handlers ran"
+        assert f"rank {rank} done" in result.stdout
+
+
 def test_fsdp_config_wraps_encoder_layers():
     """The accelerate FSDP config parses and names the layer class every head has as `_no_split_modules`."""
     from accelerate.commands.config.config_args import ClusterConfig
