@@ -43,16 +43,21 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "KINDS",
     "MaskedDataModelingCollator",
+    "SUM_KEYS",
     "as_pretraining_source",
     "count_targets",
     "masked_data_modeling_sums",
     "mixed_pretraining_dataset",
+    "placeholder_inputs",
     "precompute_visual_tokens",
     "tokenize_images",
 ]
 
 #: The three kinds of example of masked data modeling, in the order of `proportions`.
 KINDS = ("image", "text", "image_text")
+#: The keys of `masked_data_modeling_sums`: pooled over the kinds, then per kind (a batch gives those it holds).
+SUM_KEYS = tuple(f"{prefix}{modality}_{statistic}" for prefix in ("", *(f"{kind}/" for kind in KINDS))
+                 for modality in ("text", "image") for statistic in ("loss_sum", "count", "correct"))
 #: Default column that holds precomputed visual tokens.
 CODES_COLUMN = "image_codes"
 
@@ -376,6 +381,27 @@ def masked_data_modeling_sums(model, batch: dict) -> dict[str, torch.Tensor]:
             default = zero.new_zeros(()) if key == "loss_sum" else torch.zeros((), dtype=torch.long, device=zero.device)
             sums.setdefault(f"{modality}_{key}", default)
     return sums
+
+
+def placeholder_inputs(kind: str, config) -> dict[str, torch.Tensor]:
+    """
+    A sub-batch of `kind` for `BEiT3ForMaskedDataModeling` (of `config`) with one example and nothing masked: it
+    runs the modules of its kind and adds 0 to every sum of `masked_data_modeling_sums`. Data-parallel training
+    whose processes must call the same modules in the same order (FSDP, DeepSpeed) runs it where a process lacks a
+    kind that another holds.
+    """
+    _check_kind(kind)
+    inputs = {}
+    if kind != "text":
+        size, patches = config.image_size, config.num_patches
+        inputs["pixel_values"] = torch.zeros(1, config.num_channels, size, size)
+        inputs["bool_masked_pos"] = torch.zeros(1, patches, dtype=torch.bool)
+        inputs["image_labels"] = torch.zeros(1, patches, dtype=torch.long)
+    if kind != "image":
+        inputs["input_ids"] = torch.full((1, 1), config.bos_token_id, dtype=torch.long)
+        inputs["attention_mask"] = torch.ones(1, 1, dtype=torch.long)
+        inputs["text_labels"] = torch.full((1, 1), -100, dtype=torch.long)
+    return inputs
 
 
 def _text_targets(inputs: dict) -> torch.Tensor | None:

@@ -3,8 +3,8 @@
 # are padding, bf16 autocast. One log (gpu.log) and one JSON per benchmark run go to $OUT when set, else to
 # benchmarks/results/.
 #
-#   bash benchmarks/run_gpu.sh                     # every step, each under its own time limit (14 minutes at most)
-#   RUNS="sdpa profile p2 tests" bash benchmarks/run_gpu.sh   # a subset (6 minutes at most), e.g. one call each
+#   bash benchmarks/run_gpu.sh                     # every step, each under its own time limit (13 minutes at most)
+#   RUNS="sdpa profile tests" bash benchmarks/run_gpu.sh      # a subset (5 minutes at most), e.g. one call each
 #   RUNS="compile flex" bash benchmarks/run_gpu.sh            # ... within a device call's 10-minute limit
 #   STEPS=10 bash benchmarks/run_gpu.sh            # fewer timed rounds
 #
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 OUT_DIR=${OUT:-benchmarks/results}
 STEPS=${STEPS:-20}
-RUNS=${RUNS:-sdpa compile profile p2 tests flex}
+RUNS=${RUNS:-sdpa compile profile tests flex}
 WARMUP=${WARMUP:-3}
 LOG="$OUT_DIR/gpu.log"
 mkdir -p "$OUT_DIR"
@@ -68,19 +68,6 @@ wants compile && bench cuda_bf16_sdpa_compile 300 --attn-implementation sdpa --c
   --workloads image image_text train
 # where the training step's time goes, ours and torchscale
 wants profile && step profile_train_step 80 "$PY" benchmarks/profile_step.py --device cuda --batch-size 64 --top 25
-# the Multiway-parts prototype (benchmarks/p2_multiway_parts.diff) on a scratch copy of the tree
-if wants p2; then
-  P2_DIR=$(mktemp -d)
-  cp -r beit3_hf benchmarks tests "$P2_DIR"/
-  if (cd "$P2_DIR" && { git apply benchmarks/p2_multiway_parts.diff 2>/dev/null \
-                        || patch -s -p1 < benchmarks/p2_multiway_parts.diff; }); then
-    step cuda_bf16_sdpa_p2 60 "$PY" "$P2_DIR"/benchmarks/benchmark_speed.py "${COMMON[@]}" \
-      --attn-implementation sdpa --skip-timm --skip-plain-vit --workloads image image_text train \
-      --output "$OUT_DIR/cuda_bf16_sdpa_p2.json"
-  else
-    echo "=== cuda_bf16_sdpa_p2: the prototype diff does not apply" | tee -a "$LOG"
-  fi
-fi
 # the GPU checks of the test suite: backends, bf16, compile, cached generation, bitsandbytes on CUDA
 wants tests && step tests_cuda 120 "$PY" -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs
 # flex attention: the text padding as a block mask instead of SDPA's dense boolean mask

@@ -30,11 +30,13 @@ from transformers.utils import logging
 from beit3_hf import BEiT3ForMaskedDataModeling
 from beit3_hf.pretraining_data import (
     KINDS,
+    SUM_KEYS,
     MaskedDataModelingCollator,
     as_pretraining_source,
     count_targets,
     masked_data_modeling_sums,
     mixed_pretraining_dataset,
+    placeholder_inputs,
 )
 
 # the helpers next to this script, also when it is imported (tests) rather than run
@@ -155,26 +157,6 @@ def build_dataset(data_args: PretrainingArguments, split: str):
                                      proportions=data_args.shares(), seed=data_args.seed)
 
 
-# the keys of `masked_data_modeling_sums`: pooled, then per kind
-STATISTICS = [f"{prefix}{modality}_{statistic}" for prefix in ("", *(f"{kind}/" for kind in KINDS))
-              for modality in ("text", "image") for statistic in ("loss_sum", "count", "correct")]
-
-
-def placeholder(kind: str, config) -> dict:
-    """A sub-batch of `kind` with one example and nothing masked: its losses and counts are 0."""
-    inputs = {}
-    if kind != "text":
-        size = config.image_size
-        inputs["pixel_values"] = torch.zeros(1, config.num_channels, size, size)
-        inputs["bool_masked_pos"] = torch.zeros(1, (size // config.patch_size) ** 2, dtype=torch.bool)
-        inputs["image_labels"] = torch.zeros(1, (size // config.patch_size) ** 2, dtype=torch.long)
-    if kind != "image":
-        inputs["input_ids"] = torch.full((1, 1), config.bos_token_id, dtype=torch.long)
-        inputs["attention_mask"] = torch.ones(1, 1, dtype=torch.long)
-        inputs["text_labels"] = torch.full((1, 1), -100, dtype=torch.long)
-    return inputs
-
-
 class MaskedDataModelingTrainer(BEiT3Trainer):
     """
     The Trainer of masked data modeling. Each batch is the collator's sub-batches (image, text, image-text); the
@@ -209,15 +191,15 @@ class MaskedDataModelingTrainer(BEiT3Trainer):
         modules in the same order: FSDP and ZeRO-3 gather weights from every process at each call, and ZeRO-1/2
         reduce gradients in buckets filled in the order the backward pass produces them. But a process runs one
         forward per kind its batch holds. So a kind that another process holds and this one lacks is run on a
-        placeholder: one example with nothing masked, which counts for nothing but is in the graph (and the heads
-        are called on no rows, see `_predict` in modeling_beit3.py).
+        placeholder (`placeholder_inputs`): one example with nothing masked, which counts for nothing but is in the
+        graph (and the heads are called on no rows, see `_predict` in modeling_beit3.py).
         """
         if self.args.world_size == 1 or not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             return masked_data_modeling_sums(model, inputs)
         held = torch.tensor([kind in inputs for kind in KINDS], dtype=torch.int32, device=self.args.device)
         torch.distributed.all_reduce(held, op=torch.distributed.ReduceOp.MAX)
         config = self.accelerator.unwrap_model(model).config
-        aligned = {kind: inputs[kind] if kind in inputs else self._prepare_inputs(placeholder(kind, config))
+        aligned = {kind: inputs[kind] if kind in inputs else self._prepare_inputs(placeholder_inputs(kind, config))
                    for kind, anywhere in zip(KINDS, held.tolist()) if anywhere}
         return masked_data_modeling_sums(model, aligned)
 
@@ -242,7 +224,7 @@ class MaskedDataModelingTrainer(BEiT3Trainer):
 
     def _summaries(self, stats: dict, prefix: str = "") -> dict:
         """Losses and accuracies from summed statistics, summed over the processes first."""
-        keys = STATISTICS  # the same on every process, whichever kinds its batches held
+        keys = SUM_KEYS  # the same on every process, whichever kinds its batches held
         values = torch.stack([torch.as_tensor(stats.get(key, 0), dtype=torch.float32, device=self.args.device)
                               for key in keys])
         if self.args.world_size > 1:

@@ -27,10 +27,12 @@ from beit3_hf import (  # noqa: E402
 from beit3_hf.data import generate_shapes_dataset  # noqa: E402
 from beit3_hf.pretraining_data import (  # noqa: E402
     KINDS,
+    SUM_KEYS,
     MaskedDataModelingCollator,
     count_targets,
     masked_data_modeling_sums,
     mixed_pretraining_dataset,
+    placeholder_inputs,
     precompute_visual_tokens,
 )
 from conftest import TINY, tiny_config  # noqa: E402
@@ -142,6 +144,29 @@ def test_each_kind_is_a_sub_batch_of_the_model_inputs(kind, processor, vqkd, cap
         if count:  # the pooled sum is the model's mean loss times the count
             mean = getattr(outputs, f"{modality}_loss")
             torch.testing.assert_close(sums[f"{modality}_loss_sum"] / count, mean)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_placeholders_run_their_modules_and_add_nothing(kind, processor, vqkd, captions):
+    """A batch of `kind` with placeholder sub-batches of the other kinds (what a process runs under FSDP or ZeRO-3
+    for a kind another process holds): the placeholders run their modality's embedding, every sum is that of the
+    batch alone, and the keys are `SUM_KEYS`'."""
+    batch = MaskedDataModelingCollator(processor, patch_size=8, visual_tokenizer=vqkd)(examples_of(kind, captions, 3))
+    config = tiny_config(vocab_size=len(processor.tokenizer), visual_vocab_size=CODES)
+    model = BEiT3ForMaskedDataModeling(config)
+    alone = masked_data_modeling_sums(model, batch)
+    calls = {"image": 0, "text": 0}
+    embeddings = model.beit3.embeddings
+    embeddings.patch_embedding.register_forward_hook(lambda *_: calls.__setitem__("image", calls["image"] + 1))
+    embeddings.token_embedding.register_forward_hook(lambda *_: calls.__setitem__("text", calls["text"] + 1))
+    padded = {other: batch[kind] if other == kind else placeholder_inputs(other, config) for other in KINDS}
+    sums = masked_data_modeling_sums(model, padded)
+    assert calls == {"image": 2, "text": 2}  # image and image_text, text and image_text: placeholders included
+    assert set(alone) <= set(sums) <= set(SUM_KEYS)
+    for key, value in sums.items():
+        torch.testing.assert_close(value, alone[key] if key in alone else torch.zeros_like(value), msg=key)
+    with pytest.raises(ValueError, match="kind"):
+        placeholder_inputs("video", config)
 
 
 def test_masks_do_not_depend_on_how_examples_are_batched(processor, vqkd, captions):
@@ -359,8 +384,10 @@ def test_deepspeed_two_processes_match_one(stage, one_process_run, shapes_dir, v
     `--deepspeed examples/ds_zero{2,3}.json` over 2 processes (DeepSpeed's CPU accelerator on gloo) x 1 example =
     1 process x 2 without DeepSpeed: same logged losses and gradient norms, and the same weights saved whole
     (ZeRO-3 partitions them; its config gathers them on save). One example per process means that the two hold
-    different kinds at every step, and the evaluation's 17 examples give one process a second batch the other lacks:
-    under ZeRO-3, whose forwards gather weights from both processes, each would hang without placeholders.
+    different kinds at every step, and the evaluation's 17 examples give one process a second batch the other lacks.
+    Without placeholders (`placeholder_inputs`) and the repeated evaluation batch, ZeRO-3 would hang (its forwards
+    gather weights from both processes) and ZeRO-2 would reduce the processes' gradients in differently filled
+    buckets.
     """
     pytest.importorskip("deepspeed", reason="DeepSpeed is optional (`pip install deepspeed`; .ci/run installs it)")
     launch_two_processes(shapes_dir, vqkd_dir, tmp_path, "--deepspeed", str(ROOT / "examples" / f"ds_zero{stage}.json"),
