@@ -137,8 +137,8 @@ def lineage(all_stages: list[Stage]) -> dict[str, list[str]]:
 
 
 def stage_dir(work: Path, stage: Stage) -> Path:
-    return work / ("models" if stage.name not in {"data_shapes", "data_shapes_dense", "data_fashion_mnist"} else
-                   "done") / stage.name
+    """Where a stage's `stage_done.json` goes: its model's directory, or `done/<name>` for a stage that writes data."""
+    return work / ("done" if stage.name.startswith("data_") else "models") / stage.name
 
 
 class Runner:
