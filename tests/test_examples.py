@@ -323,6 +323,7 @@ def test_two_processes_match_one(launcher, single_process_run, classification_di
 
 RUN_AS_SCRIPT = """
 import atexit, os, sys, torch
+from pathlib import Path
 from trainer_utils import run_as_script
 
 def main():
@@ -330,11 +331,16 @@ def main():
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))  # keeps gloo's threads running
     model(torch.ones(2, 3)).sum().backward()
     rank = os.environ["RANK"]
-    atexit.register(lambda: open(os.path.join(sys.argv[1], rank), "w").write("exit handlers ran"))
+    atexit.register(Path(sys.argv[1], rank).write_text, "exit handlers ran")
     print(f"rank {rank} done", end="")  # unflushed
     if sys.argv[2] == "raise":
         raise RuntimeError(f"rank {rank} failed")
 
+class Teardown:
+    def __del__(self):  # runs when the interpreter tears the module down
+        print(" teardown ran", flush=True)
+
+sentinel = Teardown()
 run_as_script(main)
 """
 
@@ -342,7 +348,7 @@ run_as_script(main)
 @pytest.mark.parametrize("outcome", ["finish", "raise"])
 def test_run_as_script_ends_a_distributed_run(outcome, tmp_path):
     """After `main()`, a 2-process script destroys its process group, runs the exit handlers, flushes and exits 0
-    without the interpreter's teardown; an exception still fails the run."""
+    without the interpreter's teardown (a module-level `__del__` never runs); an exception still fails the run."""
     script = tmp_path / "script.py"
     script.write_text(RUN_AS_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]),
@@ -357,6 +363,7 @@ def test_run_as_script_ends_a_distributed_run(outcome, tmp_path):
     for rank in "01":
         assert (tmp_path / rank).read_text() == "exit handlers ran"
         assert f"rank {rank} done" in result.stdout
+    assert "teardown ran" not in result.stdout
 
 
 def test_fsdp_config_wraps_encoder_layers():
