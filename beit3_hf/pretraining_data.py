@@ -55,9 +55,11 @@ __all__ = [
 
 #: The three kinds of example of masked data modeling, in the order of `proportions`.
 KINDS = ("image", "text", "image_text")
+#: What `masked_data_modeling_sums` sums per modality.
+_STATISTICS = ("loss_sum", "count", "correct")
 #: The keys of `masked_data_modeling_sums`: pooled over the kinds, then per kind (a batch gives those it holds).
 SUM_KEYS = tuple(f"{prefix}{modality}_{statistic}" for prefix in ("", *(f"{kind}/" for kind in KINDS))
-                 for modality in ("text", "image") for statistic in ("loss_sum", "count", "correct"))
+                 for modality in ("text", "image") for statistic in _STATISTICS)
 #: Default column that holds precomputed visual tokens.
 CODES_COLUMN = "image_codes"
 
@@ -369,17 +371,18 @@ def masked_data_modeling_sums(model, batch: dict) -> dict[str, torch.Tensor]:
             labelled = labels.ne(-100)
             count = labelled.sum()
             correct = (logits.detach().argmax(dim=-1).eq(labels) & labelled).sum()
-            for key, value in ((f"{modality}_loss_sum", loss_sum), (f"{modality}_count", count),
-                               (f"{modality}_correct", correct)):
+            for statistic, value in zip(_STATISTICS, (loss_sum, count, correct)):
+                key = f"{modality}_{statistic}"
                 sums[key] = sums[key] + value if key in sums else value
                 sums[f"{kind}/{key}"] = value.detach()
             zero = loss_sum
     if zero is None:
         raise ValueError("A masked data modeling batch has no sub-batch with labels.")
     for modality in ("text", "image"):
-        for key in ("loss_sum", "count", "correct"):
-            default = zero.new_zeros(()) if key == "loss_sum" else torch.zeros((), dtype=torch.long, device=zero.device)
-            sums.setdefault(f"{modality}_{key}", default)
+        for statistic in _STATISTICS:
+            default = (zero.new_zeros(()) if statistic == "loss_sum"
+                       else torch.zeros((), dtype=torch.long, device=zero.device))
+            sums.setdefault(f"{modality}_{statistic}", default)
     return sums
 
 
